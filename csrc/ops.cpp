@@ -1,0 +1,105 @@
+// fastssl._C: operator schemas (TORCH_LIBRARY) + CPU kernels; the pybind11 module holds only
+// non-tensor helpers (build info). CUDA kernels live in cuda/*.cu.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "hamming_greedy.h"
+
+#ifndef FASTSSL_CUDA_ARCHS
+#define FASTSSL_CUDA_ARCHS none
+#endif
+#define FASTSSL_STR_(...) #__VA_ARGS__
+#define FASTSSL_STR(...) FASTSSL_STR_(__VA_ARGS__)
+
+namespace fastssl {
+
+void check_hamming_greedy_args(const at::Tensor& candidates, const at::Tensor& priority, int64_t k) {
+  TORCH_CHECK(candidates.dim() == 2, "hamming_greedy: candidates must be [M, n], got ", candidates.sizes());
+  TORCH_CHECK(candidates.scalar_type() == at::kByte, "hamming_greedy: candidates must be uint8");
+  TORCH_CHECK(priority.scalar_type() == at::kLong, "hamming_greedy: priority must be int64");
+  TORCH_CHECK(priority.dim() == 1 && priority.size(0) == candidates.size(0),
+              "hamming_greedy: priority must be [M] with M = candidates.size(0)");
+  TORCH_CHECK(candidates.device() == priority.device(), "hamming_greedy: tensors on different devices");
+  TORCH_CHECK(candidates.size(0) <= kMaxCandidates, "hamming_greedy: at most 2^22 candidates");
+  TORCH_CHECK(candidates.size(1) >= 1 && candidates.size(1) <= 16, "hamming_greedy: n must be in [1, 16]");
+  TORCH_CHECK(k >= 1 && k <= candidates.size(0), "hamming_greedy: need 1 <= k <= M, got k=", k);
+}
+
+// Greedy selection of k rows of `candidates` (all permutations of n tiles) maximising the minimum
+// (use_min) or summed Hamming distance to the rows already selected. The first row is the one with
+// the highest priority; ties are broken by priority (a seeded permutation of 0..M-1), so the result
+// is deterministic and independent of the thread count. Returns int64 [k] row indices.
+at::Tensor hamming_greedy_cpu(const at::Tensor& candidates_in, const at::Tensor& priority_in, int64_t k,
+                              bool use_min) {
+  check_hamming_greedy_args(candidates_in, priority_in, k);
+  const auto candidates = candidates_in.contiguous();
+  const auto priority = priority_in.contiguous();
+  const int64_t M = candidates.size(0), n = candidates.size(1);
+  const uint8_t* cand = candidates.data_ptr<uint8_t>();
+  const int64_t* prio = priority.data_ptr<int64_t>();
+
+  std::vector<int64_t> score(M, use_min ? n + 1 : 0);  // n+1 = "no distance yet" for the min
+  std::vector<uint8_t> taken(M, 0);
+  auto out = at::empty({k}, priority.options());
+  int64_t* picked = out.data_ptr<int64_t>();
+  // priority must be a permutation of 0..M-1: then a key's low bits name exactly one row.
+  std::vector<int64_t> row_of(M, -1);
+  for (int64_t i = 0; i < M; ++i) {
+    TORCH_CHECK(prio[i] >= 0 && prio[i] < M && row_of[prio[i]] < 0,
+                "hamming_greedy: priority must be a permutation of 0..M-1");
+    row_of[prio[i]] = i;
+  }
+  picked[0] = row_of[M - 1];
+
+  for (int64_t t = 1; t < k; ++t) {
+    const int64_t last = picked[t - 1];
+    taken[last] = 1;
+    uint8_t ref[16];
+    std::copy(cand + last * n, cand + (last + 1) * n, ref);
+    // One pass: fold in the distance to the last pick and find the best remaining key.
+    const int64_t best_key = at::parallel_reduce(
+        0, M, 4096, int64_t(-1),
+        [&](int64_t begin, int64_t end, int64_t best) {
+          for (int64_t i = begin; i < end; ++i) {
+            const uint8_t* row = cand + i * n;
+            int64_t d = 0;
+            for (int64_t p = 0; p < n; ++p) d += row[p] != ref[p];
+            score[i] = use_min ? std::min(score[i], d) : score[i] + d;
+            if (!taken[i]) best = std::max(best, greedy_key(score[i], prio[i]));
+          }
+          return best;
+        },
+        [](int64_t a, int64_t b) { return std::max(a, b); });
+    TORCH_CHECK(best_key >= 0, "hamming_greedy: ran out of candidates");
+    picked[t] = row_of[best_key & ((int64_t(1) << kPriorityBits) - 1)];
+  }
+  return out;
+}
+
+}  // namespace fastssl
+
+TORCH_LIBRARY(fastssl, m) {
+  m.def("hamming_greedy(Tensor candidates, Tensor priority, int k, bool use_min) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastssl, CPU, m) { m.impl("hamming_greedy", &fastssl::hamming_greedy_cpu); }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastssl C++/CUDA extension (operators are under torch.ops.fastssl)";
+  m.def("build_info", []() {
+    pybind11::dict info;
+    info["cpu"] = true;
+#ifdef FASTSSL_WITH_CUDA
+    info["cuda"] = true;
+#else
+    info["cuda"] = false;
+#endif
+    info["cuda_archs"] = std::string(FASTSSL_STR(FASTSSL_CUDA_ARCHS));
+    info["threads"] = at::get_num_threads();
+    return info;
+  });
+}

@@ -1,0 +1,109 @@
+"""Build (once) and load the C++/CUDA extension fastssl._C.
+
+Order: an ahead-of-time build installed as `fastssl._C` (``FASTSSL_AOT=1 pip install
+--no-build-isolation .``) wins; otherwise the sources in csrc/ are compiled with ninja on first use
+into a per-user cache (``$FASTSSL_CACHE`` or ``~/.cache/fastssl``), keyed by a hash of the sources,
+the torch version and the flags, under a file lock so concurrent processes (torchrun ranks, pytest
+workers) build it once. Loading registers the ``torch.ops.fastssl.*`` operators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from fastssl import _build_config as cfg
+
+
+class ExtensionBuildError(RuntimeError):
+    """The C++/CUDA extension could not be compiled or loaded."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FASTSSL_CACHE") or Path.home() / ".cache" / "fastssl")
+
+
+def _build_key(sources: list[Path], flags: list[str], torch_version: str) -> str:
+    h = hashlib.sha256()
+    for src in sources:
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    for header in sorted(cfg.csrc_dir().rglob("*.h")):
+        h.update(header.read_bytes())
+    h.update(" ".join(flags).encode())
+    h.update(torch_version.encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()[:16]
+
+
+def _jit_build():
+    import torch
+    from filelock import FileLock
+
+    if cfg.cuda_home():  # before cpp_extension is imported: it reads CUDA_HOME once, at import
+        os.environ.setdefault("CUDA_HOME", cfg.cuda_home())
+    from torch.utils import cpp_extension
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise ExtensionBuildError(
+            f"fastssl: no C++ compiler found (looked for '{cxx}' on PATH). Install one "
+            "(e.g. `apt-get install g++`) or set CXX; the extension fastssl._C is built on first use."
+        )
+    with_cuda, why = cfg.build_cuda(torch.version.cuda)
+    sources = cfg.cpp_sources() + (cfg.cuda_sources() if with_cuda else [])
+    cflags, nvflags = cfg.cxx_flags(with_cuda), (cfg.nvcc_flags() if with_cuda else [])
+    key = _build_key(sources, cflags + nvflags, torch.__version__)
+    name = f"fastssl_C_{key}"
+    build_dir = cache_dir() / "ext" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(build_dir) + ".lock"):
+        if not (build_dir / f"{name}.so").exists():
+            what = "C++ and CUDA" if with_cuda else f"C++ only ({why})"
+            print(f"fastssl: compiling the extension fastssl._C ({what}) into {build_dir}; "
+                  "first use only, this takes a minute or two...", file=sys.stderr, flush=True)
+        t0 = time.time()
+        try:
+            mod = cpp_extension.load(
+                name=name,
+                sources=[str(s) for s in sources],
+                extra_cflags=cflags,
+                extra_cuda_cflags=nvflags,
+                extra_include_paths=[str(cfg.csrc_dir())],
+                build_directory=str(build_dir),
+                with_cuda=with_cuda,
+                is_python_module=True,
+                verbose=os.environ.get("FASTSSL_VERBOSE_BUILD") == "1",
+            )
+        except Exception as e:  # compiler errors come back as RuntimeError / CalledProcessError
+            raise ExtensionBuildError(
+                f"fastssl: building the extension in {build_dir} failed: {e}\n"
+                "Set FASTSSL_VERBOSE_BUILD=1 for the full compiler output, FASTSSL_SKIP_CUDA=1 to build "
+                "the CPU part only."
+            ) from e
+        if time.time() - t0 > 5:
+            print(f"fastssl: extension built in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    return mod
+
+
+@lru_cache(maxsize=1)
+def load():
+    """The extension module (pybind11 part); importing it registers torch.ops.fastssl.*."""
+    if os.environ.get("FASTSSL_FORCE_JIT") != "1":
+        try:
+            from fastssl import _C  # type: ignore[attr-defined]  # the AOT build, if installed
+
+            return _C
+        except ImportError:
+            pass
+    return _jit_build()
+
+
+def build_info() -> dict:
+    """What the loaded extension was compiled with: {'cpu': True, 'cuda': bool, 'cuda_archs': str}."""
+    return dict(load().build_info())

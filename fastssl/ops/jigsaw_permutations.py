@@ -1,0 +1,135 @@
+"""Jigsaw permutation sets (Noroozi & Favaro 2016): k permutations of n tiles chosen greedily, out of
+all n! candidates, for maximal minimum (``maxmin``) or mean (``maxavg``) Hamming distance to those
+already chosen. The greedy loop runs in C++ (``torch.ops.fastssl.hamming_greedy``, CPU and CUDA);
+``jigsaw_permutations_ref`` is the same algorithm in plain PyTorch.
+
+Determinism: the first permutation and every tie are decided by a priority order drawn from
+``torch.Generator().manual_seed(seed)``, so the same (k, n, method, seed) gives the same set on any
+device and thread count. Results are cached on disk under ``$FASTSSL_CACHE/perms`` (atomic write).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastssl.ops._backend import forced_backend
+
+METHODS = ("maxmin", "maxavg")
+MAX_TILES = 10  # 10! = 3.6M candidates (36 MB); 11! would be 440 MB
+
+
+def _check(k: int, n_tiles: int, method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(n_tiles, int) or not 2 <= n_tiles <= MAX_TILES:
+        raise ValueError(f"n_tiles must be an int in [2, {MAX_TILES}], got {n_tiles!r}")
+    if not isinstance(k, int) or not 1 <= k <= math.factorial(n_tiles):
+        raise ValueError(f"k must be an int in [1, {n_tiles}! = {math.factorial(n_tiles)}], got {k!r}")
+
+
+def all_permutations(n_tiles: int) -> torch.Tensor:
+    """uint8 [n!, n], every permutation of range(n) in lexicographic order."""
+    return torch.from_numpy(np.array(list(itertools.permutations(range(n_tiles))), dtype=np.uint8))
+
+
+def _priority(m: int, seed: int) -> torch.Tensor:
+    return torch.randperm(m, generator=torch.Generator().manual_seed(seed))
+
+
+def jigsaw_permutations_ref(k: int, n_tiles: int = 9, method: str = "maxmin", seed: int = 0) -> torch.Tensor:
+    """Plain PyTorch spec of :func:`jigsaw_permutations` (same picks; slow for k=1000)."""
+    _check(k, n_tiles, method)
+    cand = all_permutations(n_tiles)
+    prio = _priority(cand.shape[0], seed)
+    use_min = method == "maxmin"
+    score = torch.full((cand.shape[0],), n_tiles + 1 if use_min else 0, dtype=torch.int64)
+    taken = torch.zeros(cand.shape[0], dtype=torch.bool)
+    picked = [int(prio.argmax())]
+    for _ in range(1, k):
+        taken[picked[-1]] = True
+        d = (cand != cand[picked[-1]]).sum(1)
+        score = torch.minimum(score, d) if use_min else score + d
+        key = torch.where(taken, -1, score * (1 << 22) + prio)
+        picked.append(int(key.argmax()))
+    return cand[torch.tensor(picked)].long()
+
+
+def _cache_path(k: int, n_tiles: int, method: str, seed: int) -> Path:
+    from fastssl._ext import cache_dir
+
+    return cache_dir() / "perms" / f"perms_n{n_tiles}_k{k}_{method}_seed{seed}.npy"
+
+
+def jigsaw_permutations(
+    k: int,
+    n_tiles: int = 9,
+    method: str = "maxmin",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    cache: bool = True,
+) -> torch.Tensor:
+    """k permutations of ``n_tiles`` tiles with maximal minimum/mean pairwise Hamming distance.
+
+    Args:
+        k: how many permutations (1 <= k <= n_tiles!); Noroozi & Favaro use 100 or 1000.
+        n_tiles: tiles per puzzle (9 for a 3x3 grid), 2..10.
+        method: ``"maxmin"`` (maximise the minimum distance) or ``"maxavg"`` (the mean).
+        seed: decides the first permutation and all ties.
+        device: where the greedy search runs (CPU C++ kernel by default, or a CUDA kernel); the
+            result is always returned on the CPU.
+        cache: read/write the on-disk cache.
+
+    Returns:
+        int64 tensor [k, n_tiles] on the CPU, each row a permutation of ``range(n_tiles)``, all rows
+        distinct. k=1000 for 9 tiles takes a few seconds on 2 CPU cores.
+    """
+    _check(k, n_tiles, method)
+    path = _cache_path(k, n_tiles, method, seed)
+    if cache and path.is_file():
+        return torch.from_numpy(np.load(path)).long()
+    if forced_backend() == "ref":
+        perms = jigsaw_permutations_ref(k, n_tiles, method, seed)
+    else:
+        from fastssl._ext import load
+
+        load()  # registers torch.ops.fastssl.*
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        cand = all_permutations(n_tiles).to(dev)
+        prio = _priority(cand.shape[0], seed).to(dev)
+        idx = torch.ops.fastssl.hamming_greedy(cand, prio, k, method == "maxmin")
+        perms = cand[idx].long().cpu()
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, perms.numpy())
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    return perms
+
+
+def min_hamming_distance(perms: torch.Tensor) -> int:
+    """Smallest Hamming distance between two distinct rows of ``perms`` [k, n] (k >= 2)."""
+    if perms.shape[0] < 2:
+        raise ValueError("need at least 2 permutations")
+    d = (perms[:, None, :] != perms[None, :, :]).sum(-1)
+    d.fill_diagonal_(perms.shape[1] + 1)
+    return int(d.min())
+
+
+def mean_hamming_distance(perms: torch.Tensor) -> float:
+    """Mean Hamming distance over pairs of distinct rows of ``perms`` [k, n]."""
+    k = perms.shape[0]
+    d = (perms[:, None, :] != perms[None, :, :]).sum(-1).double()
+    return float(d.sum() / (k * (k - 1)))
+
+
+@torch.library.register_fake("fastssl::hamming_greedy")
+def _hamming_greedy_fake(candidates, priority, k, use_min):
+    return candidates.new_empty((k,), dtype=torch.int64)
