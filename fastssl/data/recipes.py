@@ -1,0 +1,202 @@
+"""View recipes: what each SSL method gets from one encoded image (DALI graph fragments).
+
+A recipe turns the reader's encoded bytes into ``n_views`` uint8/float HWC views plus, per view, a
+mirror flag; the pipeline (pipeline.py) then flips, normalizes and lays them out as NCHW. Every
+recipe is written once for both devices: ``ctx.decode_device`` is "cpu" or "mixed" and the operators
+after the decoder run where their input lives (DALI places an operator on the GPU when its input is
+on the GPU). Sizes: ``image_size`` is the output side (64 for the demo, 224 for ImageNet).
+
+Recipes and their options (override any through ``make_loader(..., recipe_options={...})``):
+
+- ``simclr`` (2 views): random resized crop ``scale=(0.08, 1)``, ``ratio=(3/4, 4/3)``; horizontal flip
+  ``flip_p=0.5``; colour jitter with probability ``jitter_p=0.8`` of strengths ``brightness=0.4``,
+  ``contrast=0.4``, ``saturation=0.4``, ``hue=0.1`` (``jitter=s`` sets the first three at once; hue is a
+  fraction of the colour wheel, as in torchvision); grayscale ``gray_p=0.2``; Gaussian blur with
+  probability ``blur_p=(1.0, 0.1)`` per view and ``blur_sigma=(0.1, 2.0)`` (pixels at 224 px, scaled by
+  image_size/224); solarize with probability ``solarize_p=(0.0, 0.2)`` per view (second view only, as in
+  BYOL); then per-view normalization. The image is decoded once and cropped twice.
+- ``mae`` (1 view): fused random-crop decode ``scale=(0.2, 1)``, ``ratio=(3/4, 4/3)``, resize, flip 0.5.
+- ``eval`` (1 view): resize the shorter side to ``image_size / crop_ratio`` (``crop_ratio=0.875``), center
+  crop ``image_size``.
+- ``rotation`` (1 view): resize the shorter side to ``image_size * resize`` (``resize=256/224``), one
+  random ``image_size`` crop, flip 0.5. The method rotates it 4 ways itself.
+- ``jigsaw`` / ``context`` (1 view): resize the shorter side to ``image_size * resize`` (``resize=1.15``),
+  one random crop of the grid size ``image_size``, no flip (the tile methods cut tiles themselves).
+
+All recipes normalize with ``mean``/``std`` (ImageNet's, in 0..1 units) when output="float".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nvidia.dali import fn, types
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Ctx:
+    """What a recipe needs to know at graph-build time."""
+    decode_device: str  # "cpu" or "mixed"
+    image_size: int
+    opts: dict
+
+    @property
+    def gpu(self) -> bool:
+        return self.decode_device == "mixed"
+
+    def to_device(self, node):
+        """A per-sample CPU tensor (e.g. a coin flip) moved next to GPU images for arithmetic."""
+        return node.gpu() if self.gpu else node
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    n_views: int
+    build: Callable  # (encoded, ctx) -> list[(image HWC node, mirror node or None)]
+    defaults: dict = field(default_factory=dict)
+
+    def options(self, overrides: dict | None) -> dict:
+        opts = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **self.defaults}
+        overrides = dict(overrides or {})
+        if "jitter" in overrides and "jitter" not in self.defaults:
+            raise ValueError(f"recipe {self.name!r} has no option 'jitter'")
+        if "jitter" in overrides:  # shorthand for brightness = contrast = saturation
+            s = overrides.pop("jitter")
+            opts.update(brightness=s, contrast=s, saturation=s, jitter=s)
+        unknown = set(overrides) - set(opts)
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for recipe {self.name!r}; "
+                             f"known: {sorted(opts)}")
+        opts.update(overrides)
+        return opts
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def _decode(encoded, ctx: Ctx):
+    return fn.decoders.image(encoded, device=ctx.decode_device, output_type=types.RGB)
+
+
+def _coin(p: float):
+    return fn.random.coin_flip(probability=float(p))
+
+
+def _fcoin(p: float):
+    return fn.cast(_coin(p), dtype=types.FLOAT)
+
+
+def _uniform(lo: float, hi: float):
+    return fn.random.uniform(range=(float(lo), float(hi)))
+
+
+def _jitter_factor(strength: float, applied):
+    """1 + applied * (U(1-s, 1+s) - 1): identity when the jitter coin says no."""
+    if strength <= 0:
+        return 1.0
+    return 1.0 + applied * (_uniform(max(0.0, 1 - strength), 1 + strength) - 1.0)
+
+
+def _colour(img, ctx: Ctx):
+    """Colour jitter (p=jitter_p) and random grayscale (p=gray_p) in one color_twist.
+
+    Grayscale is saturation 0 (luma), so multiplying the saturation factors composes both."""
+    o = ctx.opts
+    applied = _fcoin(o["jitter_p"])
+    brightness = _jitter_factor(o["brightness"], applied)
+    contrast = _jitter_factor(o["contrast"], applied)
+    saturation = _jitter_factor(o["saturation"], applied) * (1.0 - _fcoin(o["gray_p"]))
+    hue = applied * _uniform(-360.0 * o["hue"], 360.0 * o["hue"]) if o["hue"] > 0 else 0.0
+    return fn.color_twist(img, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+
+
+def _blur(img, p: float, ctx: Ctx):
+    """Gaussian blur with probability p; sigma ~ U(blur_sigma) * image_size/224 (0.01 px = identity)."""
+    if p <= 0:
+        return img
+    lo, hi = ctx.opts["blur_sigma"]
+    k = ctx.image_size / 224.0
+    sigma = _uniform(lo * k, hi * k)
+    if p < 1:
+        on = _fcoin(p)
+        sigma = on * sigma + (1.0 - on) * 0.01
+    return fn.gaussian_blur(img, sigma=sigma)
+
+
+def _solarize(img, p: float, ctx: Ctx):
+    """x -> 255 - x where x >= 128, with probability p (float out; the normalizer takes float)."""
+    if p <= 0:
+        return img
+    f = fn.cast(img, dtype=types.FLOAT)
+    on = ctx.to_device(_fcoin(p))
+    return f + on * (f >= 128.0) * (255.0 - 2.0 * f)
+
+
+def _random_crop(img, ctx: Ctx):
+    s = ctx.image_size
+    img = fn.resize(img, resize_shorter=float(round(s * ctx.opts["resize"])))
+    return fn.crop(img, crop=(s, s), crop_pos_x=_uniform(0, 1), crop_pos_y=_uniform(0, 1))
+
+
+def _per_view(value, i: int) -> float:
+    return float(value[i] if isinstance(value, (tuple, list)) else value)
+
+
+# ----------------------------------------------------------------------------- recipes
+
+def _simclr(encoded, ctx: Ctx):
+    o, s = ctx.opts, ctx.image_size
+    img = _decode(encoded, ctx)
+    views = []
+    for i in range(2):
+        v = fn.random_resized_crop(img, size=(s, s), random_area=tuple(o["scale"]),
+                                   random_aspect_ratio=tuple(o["ratio"]))
+        v = _colour(v, ctx)
+        v = _blur(v, _per_view(o["blur_p"], i), ctx)
+        v = _solarize(v, _per_view(o["solarize_p"], i), ctx)
+        views.append((v, _coin(o["flip_p"])))
+    return views
+
+
+def _mae(encoded, ctx: Ctx):
+    o, s = ctx.opts, ctx.image_size
+    img = fn.decoders.image_random_crop(encoded, device=ctx.decode_device, output_type=types.RGB,
+                                        random_area=tuple(o["scale"]), random_aspect_ratio=tuple(o["ratio"]))
+    img = fn.resize(img, size=(s, s))
+    return [(img, _coin(o["flip_p"]))]
+
+
+def _eval(encoded, ctx: Ctx):
+    s = ctx.image_size
+    img = fn.resize(_decode(encoded, ctx), resize_shorter=float(round(s / ctx.opts["crop_ratio"])))
+    return [(fn.crop(img, crop=(s, s)), None)]
+
+
+def _one_crop(encoded, ctx: Ctx):
+    img = _random_crop(_decode(encoded, ctx), ctx)
+    p = ctx.opts["flip_p"]
+    return [(img, _coin(p) if p > 0 else None)]
+
+
+RECIPES: dict[str, Recipe] = {
+    "simclr": Recipe("simclr", 2, _simclr, dict(
+        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8, brightness=0.4, contrast=0.4,
+        saturation=0.4, hue=0.1, jitter=0.4, gray_p=0.2, blur_p=(1.0, 0.1), blur_sigma=(0.1, 2.0),
+        solarize_p=(0.0, 0.2))),
+    "mae": Recipe("mae", 1, _mae, dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5)),
+    "eval": Recipe("eval", 1, _eval, dict(crop_ratio=0.875)),
+    "rotation": Recipe("rotation", 1, _one_crop, dict(resize=256 / 224, flip_p=0.5)),
+    "jigsaw": Recipe("jigsaw", 1, _one_crop, dict(resize=1.15, flip_p=0.0)),
+    "context": Recipe("context", 1, _one_crop, dict(resize=1.15, flip_p=0.0)),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}") from None
