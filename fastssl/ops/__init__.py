@@ -6,10 +6,16 @@ from fastssl.ops.jigsaw_permutations import (
     mean_hamming_distance,
     min_hamming_distance,
 )
+from fastssl.ops.nt_xent import NTXentLoss, info_nce, info_nce_ref, nt_xent, nt_xent_ref
 
 __all__ = [
     "jigsaw_permutations",
     "jigsaw_permutations_ref",
     "mean_hamming_distance",
     "min_hamming_distance",
+    "NTXentLoss",
+    "info_nce",
+    "info_nce_ref",
+    "nt_xent",
+    "nt_xent_ref",
 ]
