@@ -19,7 +19,8 @@ PACKAGES = ["fastssl", "fastssl.ops", "fastssl.models", "fastssl.methods", "fast
 
 
 def _aot_extension():
-    spec = importlib.util.spec_from_file_location("_fastssl_build_config", ROOT / "fastssl" / "_build_config.py")
+    path = ROOT / "fastssl" / "_build_config.py"
+    spec = importlib.util.spec_from_file_location("_fastssl_build_config", path)
     cfg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cfg)
     import torch

@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ import torch
 from fastssl.ops._backend import forced_backend
 
 METHODS = ("maxmin", "maxavg")
+# What runs where (shown by `python -m fastssl.info`).
+BACKENDS = {"jigsaw_permutations": {"cpu": "native: C++ kernel (at::parallel_reduce)",
+                                    "cuda": "native: CUDA kernel"}}
 MAX_TILES = 10  # 10! = 3.6M candidates (36 MB); 11! would be 440 MB
 
 
@@ -97,13 +101,10 @@ def jigsaw_permutations(
     if forced_backend() == "ref":
         perms = jigsaw_permutations_ref(k, n_tiles, method, seed)
     else:
-        from fastssl._ext import load
-
-        load()  # registers torch.ops.fastssl.*
         dev = torch.device(device) if device is not None else torch.device("cpu")
         cand = all_permutations(n_tiles).to(dev)
         prio = _priority(cand.shape[0], seed).to(dev)
-        idx = torch.ops.fastssl.hamming_greedy(cand, prio, k, method == "maxmin")
+        idx = hamming_greedy_op()(cand, prio, k, method == "maxmin")
         perms = cand[idx].long().cpu()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,16 @@ def mean_hamming_distance(perms: torch.Tensor) -> float:
     return float(d.sum() / (k * (k - 1)))
 
 
-@torch.library.register_fake("fastssl::hamming_greedy")
-def _hamming_greedy_fake(candidates, priority, k, use_min):
-    return candidates.new_empty((k,), dtype=torch.int64)
+@lru_cache(maxsize=1)
+def hamming_greedy_op():
+    """torch.ops.fastssl.hamming_greedy, with the extension loaded and its fake kernel registered
+    (the op only exists once the library is loaded, so registration cannot happen at import)."""
+    from fastssl._ext import load
+
+    load()
+
+    @torch.library.register_fake("fastssl::hamming_greedy")
+    def _fake(candidates, priority, k, use_min):
+        return candidates.new_empty((k,), dtype=torch.int64)
+
+    return torch.ops.fastssl.hamming_greedy

@@ -1,0 +1,67 @@
+"""The extension fastssl._C: what got built, how the build is configured, and its failure modes."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fastssl import _build_config as cfg
+from fastssl import _ext
+
+
+def test_build_info_reports_cpu_and_cuda_parts():
+    info = _ext.build_info()
+    assert info["cpu"] is True
+    want_cuda, why = cfg.build_cuda(torch.version.cuda)
+    # CI runs with torch's CUDA build and nvcc: this asserts the CUDA sources compiled and linked.
+    assert info["cuda"] is want_cuda, why
+    if want_cuda:
+        assert info["cuda_archs"].split("/") == cfg._archs()
+
+
+def test_arch_flags_follow_torch_cuda_arch_list(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    flags = cfg.nvcc_flags()
+    assert "-gencode=arch=compute_80,code=sm_80" in flags and "-gencode=arch=compute_90,code=sm_90" in flags
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6;9.0+PTX")
+    flags = cfg.nvcc_flags()
+    assert "-gencode=arch=compute_86,code=sm_86" in flags
+    assert "-gencode=arch=compute_90,code=compute_90" in flags
+    assert not any("sm_80" in f for f in flags)
+
+
+def test_skip_cuda_env(monkeypatch):
+    monkeypatch.setenv("FASTSSL_SKIP_CUDA", "1")
+    assert cfg.build_cuda("13.0") == (False, "FASTSSL_SKIP_CUDA=1")
+    monkeypatch.delenv("FASTSSL_SKIP_CUDA")
+    assert cfg.build_cuda(None)[0] is False
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(_ext.ExtensionBuildError, match="no C\\+\\+ compiler found"):
+        _ext._jit_build()
+
+
+@pytest.mark.slow
+def test_concurrent_first_builds_share_one_build(tmp_path):
+    """Two processes building into an empty cache at once: both load, one compiles (file lock)."""
+    script = textwrap.dedent(
+        """
+        from fastssl import _ext
+        print(_ext.build_info()["cpu"])
+        """
+    )
+    env = {**__import__("os").environ, "FASTSSL_CACHE": str(tmp_path), "FASTSSL_SKIP_CUDA": "1",
+           "FASTSSL_FORCE_JIT": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all(o[0].strip() == "True" for o in outs)
+    compiled = sum("compiling the extension" in o[1] for o in outs)
+    assert compiled >= 1
+    built = list((tmp_path / "ext").glob("fastssl_C_*/*.so"))
+    assert len(built) == 1, built
