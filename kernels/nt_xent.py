@@ -118,8 +118,9 @@ def _nt_xent_bwd_kernel(
         lse_j = tl.load(LSE + cols, mask=col_mask, other=0.0) * LOG2E
         s2 = tl.dot(zi, tl.trans(zj), input_precision=DOT_PRECISION) * qk_scale
         valid = col_mask[None, :] & (cols[None, :] != rows[:, None])
-        p = tl.exp2(s2 - lse_i[:, None]) + tl.exp2(s2 - lse_j[None, :])
-        g = tl.where(valid, p, 0.0) - tl.where(cols[None, :] == pos[:, None], 2.0, 0.0)
+        s2 = tl.where(valid, s2, float("-inf"))  # before exp2: the excluded self term could overflow
+        g = tl.exp2(s2 - lse_i[:, None]) + tl.exp2(s2 - lse_j[None, :])
+        g = g - tl.where(cols[None, :] == pos[:, None], 2.0, 0.0)
         acc += tl.dot(g.to(zj.dtype), zj, input_precision=DOT_PRECISION)
     acc = acc * grad_scale
     tl.store(DZ + rows[:, None] * D + d[None, :], acc, mask=row_mask[:, None] & d_mask[None, :])
@@ -169,7 +170,7 @@ def _info_nce_bwd_dq_kernel(
         valid = col_mask[None, :]
         if EXCLUDE_SELF:
             valid = valid & (cols[None, :] != self_col[:, None])
-        g = tl.where(valid, tl.exp2(s2 - lse_i[:, None]), 0.0)
+        g = tl.exp2(tl.where(valid, s2, float("-inf")) - lse_i[:, None])
         g = g - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
         acc += tl.dot(g.to(k.dtype), k, input_precision=DOT_PRECISION)
     acc = acc * grad_scale
@@ -220,7 +221,7 @@ def _info_nce_bwd_dk_kernel(
         valid = row_mask[None, :]
         if EXCLUDE_SELF:
             valid = valid & (cols[:, None] != (rows + self_offset)[None, :])
-        g = tl.where(valid, tl.exp2(s2t - lse_i[None, :]), 0.0)
+        g = tl.exp2(tl.where(valid, s2t, float("-inf")) - lse_i[None, :])
         g = g - tl.where(cols[:, None] == pos[None, :], 1.0, 0.0)
         acc += tl.dot(g.to(q.dtype), q, input_precision=DOT_PRECISION)
     acc = acc * grad_scale
