@@ -9,6 +9,7 @@ The reader gets this rank's files for one epoch, already permuted and sharded in
 exactly one epoch, so DALI's epoch-boundary behaviour never matters. Augmentation randomness comes
 from the pipeline ``seed``, which the loader derives from (seed, epoch, shard_id); DALI's random
 operators draw from per-sample generators, so the batches do not depend on ``num_threads``.
+Conditionals are enabled (recipes apply rare augmentations under a per-sample ``if``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .recipes import Ctx, Recipe
 READER_NAME = "Reader"
 
 
-@pipeline_def(enable_conditionals=False)
+@pipeline_def(enable_conditionals=True)
 def ssl_pipeline(files: list[str], labels: list[int], recipe: Recipe, decode_device: str, image_size: int,
                  opts: dict, output: str):
     encoded, label = fn.readers.file(files=files, labels=labels, random_shuffle=False,

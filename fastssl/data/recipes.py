@@ -14,7 +14,9 @@ Recipes and their options (override any through ``make_loader(..., recipe_option
   fraction of the colour wheel, as in torchvision); grayscale ``gray_p=0.2``; Gaussian blur with
   probability ``blur_p=(1.0, 0.1)`` per view and ``blur_sigma=(0.1, 2.0)`` (pixels at 224 px, scaled by
   image_size/224); solarize with probability ``solarize_p=(0.0, 0.2)`` per view (second view only, as in
-  BYOL); then per-view normalization. The image is decoded once and cropped twice.
+  BYOL); then per-view normalization. The image is decoded once and cropped twice; the blur with
+  p < 1 and the solarize are DALI conditionals (``if`` on a per-sample coin), so only the selected
+  samples pay for them.
 - ``mae`` (1 view): fused random-crop decode ``scale=(0.2, 1)``, ``ratio=(3/4, 4/3)``, resize, flip 0.5.
 - ``eval`` (1 view): resize the shorter side to ``image_size / crop_ratio`` (``crop_ratio=0.875``), center
   crop ``image_size``.
@@ -115,25 +117,27 @@ def _colour(img, ctx: Ctx):
 
 
 def _blur(img, p: float, ctx: Ctx):
-    """Gaussian blur with probability p; sigma ~ U(blur_sigma) * image_size/224 (0.01 px = identity)."""
+    """Gaussian blur with probability p, sigma ~ U(blur_sigma) * image_size/224. With p < 1 the blur is
+    a DALI conditional, so only the selected samples pay for it."""
     if p <= 0:
         return img
     lo, hi = ctx.opts["blur_sigma"]
     k = ctx.image_size / 224.0
-    sigma = _uniform(lo * k, hi * k)
-    if p < 1:
-        on = _fcoin(p)
-        sigma = on * sigma + (1.0 - on) * 0.01
-    return fn.gaussian_blur(img, sigma=sigma)
+    if p >= 1:
+        return fn.gaussian_blur(img, sigma=_uniform(lo * k, hi * k))
+    if _coin(p):
+        img = fn.gaussian_blur(img, sigma=_uniform(lo * k, hi * k))
+    return img
 
 
 def _solarize(img, p: float, ctx: Ctx):
-    """x -> 255 - x where x >= 128, with probability p (float out; the normalizer takes float)."""
+    """x -> 255 - x where x >= 128, with probability p (a conditional: only selected samples pay)."""
     if p <= 0:
         return img
-    f = fn.cast(img, dtype=types.FLOAT)
-    on = ctx.to_device(_fcoin(p))
-    return f + on * (f >= 128.0) * (255.0 - 2.0 * f)
+    if _coin(p):
+        f = fn.cast(img, dtype=types.FLOAT)
+        img = fn.cast(f + (f >= 128.0) * (255.0 - 2.0 * f), dtype=types.UINT8)
+    return img
 
 
 def _random_crop(img, ctx: Ctx):
