@@ -20,9 +20,10 @@ Bad data policy (decided once, at start-up, never hours into a run):
 - ``on_bad="error"`` (default): fail fast with a ``DataError`` listing the bad files' paths (first 20)
   and their count. ``on_bad="skip"``: drop them, emit one ``UserWarning`` with the count and the
   first paths; ``src.skipped`` keeps the full list.
-- A file that passes the check but still fails to decode makes DALI raise at that batch; the error
-  propagates (the run stops loudly, with DALI's message naming the operator) rather than silently
-  substituting data.
+- A file that passes the check but still fails to decode (corrupt body) makes DALI fail at that
+  batch; the loader then decodes the files of the batches in flight with PIL and raises a
+  ``DataError`` naming the undecodable file(s), chained to DALI's error. The run stops loudly instead
+  of silently substituting data; remove the file and resume (the checkpoint's epoch/batch stay exact).
 
 Per-epoch order (:func:`epoch_shard`): a permutation of the file list drawn with
 ``numpy.random.default_rng([seed, epoch])`` (identical on every rank), padded by wrapping around to

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from .folders import ImageFolderSource, epoch_shard
+from .folders import DataError, ImageFolderSource, epoch_shard
 from .pipeline import READER_NAME, build_pipeline
 from .recipes import get_recipe
 
@@ -68,10 +68,11 @@ class EpochLoader:
                               num_threads=self.num_threads, seed=self.seed,
                               prefetch_queue_depth=self.prefetch_queue_depth)
         names = [f"view{i}" for i in range(self.n_views)] + ["label"]
-        it = DALIGenericIterator(pipe, names, reader_name=READER_NAME, auto_reset=False,
-                                 last_batch_policy=LastBatchPolicy.PARTIAL, last_batch_padded=False)
+        i = 0
         try:
-            for i, out in enumerate(it):
+            it = DALIGenericIterator(pipe, names, reader_name=READER_NAME, auto_reset=False,
+                                     last_batch_policy=LastBatchPolicy.PARTIAL, last_batch_padded=False)
+            for i, out in enumerate(it):  # noqa: B007  (i is read by the except clause)
                 if i < self.skip_batches:
                     continue
                 batch = out[0]
@@ -80,8 +81,27 @@ class EpochLoader:
                     views = [v.to(self.device, non_blocking=True) for v in views]
                 labels = batch["label"].reshape(-1).to(self.device, torch.int64, non_blocking=True)
                 yield views, labels
-        finally:
-            del it, pipe
+        except RuntimeError as e:
+            self._raise_decode_error(e, i)
+            raise
+
+    def _raise_decode_error(self, err: RuntimeError, batch: int):
+        """DALI's decode errors do not name the file: find it with PIL among the batches in flight."""
+        if "decod" not in str(err) and "nvImageCodec" not in str(err):
+            return
+        from PIL import Image
+
+        lo, hi = batch * self.batch_size, (batch + self.prefetch_queue_depth + 2) * self.batch_size
+        bad = []
+        for f in dict.fromkeys(self.files[lo:hi]):
+            try:
+                with Image.open(f) as im:
+                    im.load()
+            except Exception as pil_err:  # noqa: BLE001  (any failure means undecodable)
+                bad.append(f"  {f}: {pil_err}")
+        if bad:
+            raise DataError(f"image decoding failed in batch {batch} of this epoch; undecodable file(s) "
+                            f"(delete them, or fix and rerun):\n" + "\n".join(bad)) from err
 
     def __repr__(self) -> str:
         return (f"EpochLoader(recipe={self.recipe.name!r}, files={len(self.files)}, "

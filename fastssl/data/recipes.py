@@ -50,10 +50,6 @@ class Ctx:
     def gpu(self) -> bool:
         return self.decode_device == "mixed"
 
-    def to_device(self, node):
-        """A per-sample CPU tensor (e.g. a coin flip) moved next to GPU images for arithmetic."""
-        return node.gpu() if self.gpu else node
-
 
 @dataclass(frozen=True)
 class Recipe:

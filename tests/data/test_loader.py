@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastssl.data import RECIPES, ImageFolderSource, make_loader
+from fastssl.data import RECIPES, DataError, ImageFolderSource, make_loader
 
 N = 24  # one image per class, so a label identifies its file
 
@@ -132,3 +132,20 @@ def test_cuda_pipeline(src, device):
     assert labels.device.type == device.type and labels.dtype == torch.int64
     again, _ = next(iter(make_loader(src, "simclr", batch_size=4, image_size=16, device=device)))
     assert torch.equal(views[0], again[0])
+
+
+def test_corrupt_body_fails_loudly_naming_the_file(tmp_path):
+    """A JPEG with a valid header and end marker but a garbage body passes the start-up check; the
+    loader must stop with an error naming it, not crash anonymously or substitute data."""
+    for i in range(8):
+        (tmp_path / f"c{i}").mkdir()
+        img = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / f"c{i}" / "a.jpg")
+    victim = tmp_path / "c5" / "a.jpg"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:3] + bytes(len(good) - 5) + b"\xff\xd9")
+    src = ImageFolderSource(tmp_path)  # passes the cheap header check
+    assert len(src) == 8
+    with pytest.raises(DataError, match=str(victim)):
+        for _ in make_loader(src, "eval", batch_size=4, image_size=8):
+            pass
