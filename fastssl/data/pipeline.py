@@ -38,7 +38,7 @@ def ssl_pipeline(files: list[str], labels: list[int], recipe: Recipe, decode_dev
         kw = dict(norm)
         if mirror is not None:
             kw["mirror"] = mirror
-        outs.append(fn.crop_mirror_normalize(image, output_layout="CHW", **kw))
+        outs.append(fn.crop_mirror_normalize(image, output_layout="CHW", device=ctx.dev, **kw))
     return (*outs, label)
 
 

@@ -50,6 +50,11 @@ class Ctx:
     def gpu(self) -> bool:
         return self.decode_device == "mixed"
 
+    @property
+    def dev(self) -> str:
+        """Device of the image operators after the decoder (explicit, not inferred)."""
+        return "gpu" if self.gpu else "cpu"
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -109,7 +114,8 @@ def _colour(img, ctx: Ctx):
     contrast = _jitter_factor(o["contrast"], applied)
     saturation = _jitter_factor(o["saturation"], applied) * (1.0 - _fcoin(o["gray_p"]))
     hue = applied * _uniform(-360.0 * o["hue"], 360.0 * o["hue"]) if o["hue"] > 0 else 0.0
-    return fn.color_twist(img, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+    return fn.color_twist(img, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
+                          device=ctx.dev)
 
 
 def _blur(img, p: float, ctx: Ctx):
@@ -120,9 +126,9 @@ def _blur(img, p: float, ctx: Ctx):
     lo, hi = ctx.opts["blur_sigma"]
     k = ctx.image_size / 224.0
     if p >= 1:
-        return fn.gaussian_blur(img, sigma=_uniform(lo * k, hi * k))
+        return fn.gaussian_blur(img, sigma=_uniform(lo * k, hi * k), device=ctx.dev)
     if _coin(p):
-        img = fn.gaussian_blur(img, sigma=_uniform(lo * k, hi * k))
+        img = fn.gaussian_blur(img, sigma=_uniform(lo * k, hi * k), device=ctx.dev)
     return img
 
 
@@ -131,15 +137,15 @@ def _solarize(img, p: float, ctx: Ctx):
     if p <= 0:
         return img
     if _coin(p):
-        f = fn.cast(img, dtype=types.FLOAT)
-        img = fn.cast(f + (f >= 128.0) * (255.0 - 2.0 * f), dtype=types.UINT8)
+        f = fn.cast(img, dtype=types.FLOAT, device=ctx.dev)
+        img = fn.cast(f + (f >= 128.0) * (255.0 - 2.0 * f), dtype=types.UINT8, device=ctx.dev)
     return img
 
 
 def _random_crop(img, ctx: Ctx):
     s = ctx.image_size
-    img = fn.resize(img, resize_shorter=float(round(s * ctx.opts["resize"])))
-    return fn.crop(img, crop=(s, s), crop_pos_x=_uniform(0, 1), crop_pos_y=_uniform(0, 1))
+    img = fn.resize(img, resize_shorter=float(round(s * ctx.opts["resize"])), device=ctx.dev)
+    return fn.crop(img, crop=(s, s), crop_pos_x=_uniform(0, 1), crop_pos_y=_uniform(0, 1), device=ctx.dev)
 
 
 def _per_view(value, i: int) -> float:
@@ -154,7 +160,7 @@ def _simclr(encoded, ctx: Ctx):
     views = []
     for i in range(2):
         v = fn.random_resized_crop(img, size=(s, s), random_area=tuple(o["scale"]),
-                                   random_aspect_ratio=tuple(o["ratio"]))
+                                   random_aspect_ratio=tuple(o["ratio"]), device=ctx.dev)
         v = _colour(v, ctx)
         v = _blur(v, _per_view(o["blur_p"], i), ctx)
         v = _solarize(v, _per_view(o["solarize_p"], i), ctx)
@@ -166,14 +172,15 @@ def _mae(encoded, ctx: Ctx):
     o, s = ctx.opts, ctx.image_size
     img = fn.decoders.image_random_crop(encoded, device=ctx.decode_device, output_type=types.RGB,
                                         random_area=tuple(o["scale"]), random_aspect_ratio=tuple(o["ratio"]))
-    img = fn.resize(img, size=(s, s))
+    img = fn.resize(img, size=(s, s), device=ctx.dev)
     return [(img, _coin(o["flip_p"]))]
 
 
 def _eval(encoded, ctx: Ctx):
     s = ctx.image_size
-    img = fn.resize(_decode(encoded, ctx), resize_shorter=float(round(s / ctx.opts["crop_ratio"])))
-    return [(fn.crop(img, crop=(s, s)), None)]
+    img = fn.resize(_decode(encoded, ctx), resize_shorter=float(round(s / ctx.opts["crop_ratio"])),
+                    device=ctx.dev)
+    return [(fn.crop(img, crop=(s, s), device=ctx.dev), None)]
 
 
 def _one_crop(encoded, ctx: Ctx):

@@ -149,3 +149,21 @@ def test_corrupt_body_fails_loudly_naming_the_file(tmp_path):
     with pytest.raises(DataError, match=str(victim)):
         for _ in make_loader(src, "eval", batch_size=4, image_size=8):
             pass
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_gpu_graph_defines_without_a_gpu(src, recipe):
+    """The same pipeline definition with mixed decode and GPU operators: its Python graph (device
+    placement, conditionals) is checked here; running it needs CUDA (test_cuda_pipeline)."""
+    from fastssl.data.pipeline import ssl_pipeline
+
+    r = RECIPES[recipe]
+    pipe = ssl_pipeline(files=src.files[:2], labels=src.labels[:2], recipe=r, decode_device="mixed",
+                        image_size=16, opts=r.options(None), output="float", batch_size=2, num_threads=1,
+                        device_id=None, seed=1)
+    if not hasattr(pipe, "_build_graph"):
+        pytest.skip("this DALI version has no Pipeline._build_graph")
+    pipe._build_graph()
+    outs = getattr(pipe, "_graph_outputs", None)
+    if outs is not None:  # the views come out on the GPU, the labels on the CPU
+        assert [getattr(o, "device", None) for o in outs] == ["gpu"] * r.n_views + ["cpu"]
