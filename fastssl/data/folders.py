@@ -28,7 +28,8 @@ Bad data policy (decided once, at start-up, never hours into a run):
 Per-epoch order (:func:`epoch_shard`): a permutation of the file list drawn with
 ``numpy.random.default_rng([seed, epoch])`` (identical on every rank), padded by wrapping around to
 a multiple of ``num_shards`` (like ``torch.utils.data.DistributedSampler``), then split into
-``num_shards`` equal contiguous shards. Every file is seen exactly once per epoch across shards when
+``num_shards`` equal strided shards (rank r takes every num_shards-th file from r). Every file is
+seen exactly once per epoch across shards when
 ``len(files) % num_shards == 0``; otherwise at most ``num_shards - 1`` files are seen twice in that
 epoch (different ones each epoch). All ranks get the same number of samples, hence the same number of
 batches, so DDP collectives never hang.
@@ -208,13 +209,18 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarr
 
 
 def shard_indices(order: np.ndarray, shard_id: int, num_shards: int) -> np.ndarray:
-    """Pad ``order`` by wrapping to a multiple of num_shards; return shard ``shard_id`` (contiguous)."""
+    """Pad ``order`` by wrapping to a multiple of num_shards; return shard ``shard_id`` (strided).
+
+    Strided (rank r takes order[r::num_shards]) rather than contiguous so that with a per-rank batch
+    of B/num_shards, the union of the ranks' step-t batches is exactly the single-process step-t batch
+    of size B: a global batch is the same set of images whatever the number of processes.
+    """
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
     n = len(order)
     per = -(-n // num_shards)
     padded = np.concatenate([order, np.resize(order, per * num_shards - n)])
-    return padded[shard_id * per:(shard_id + 1) * per]
+    return padded[shard_id::num_shards]
 
 
 def epoch_shard(src: ImageFolderSource, *, epoch: int, seed: int, shard_id: int = 0, num_shards: int = 1,

@@ -7,7 +7,7 @@ float32 normalized (``output="float"``) or uint8 (``output="uint8"``); ``labels`
 
 Exactness:
 - Order: folders.epoch_shard (a numpy permutation from (seed, epoch), padded by wrap-around to a
-  multiple of num_shards, equal contiguous shards). ``drop_last=True`` drops this rank's last partial
+  multiple of num_shards, equal strided shards). ``drop_last=True`` drops this rank's last partial
   batch (every rank has the same count, so the same number of batches); ``drop_last=False`` yields it
   smaller.
 - Augmentations: the DALI pipeline seed is derived from (seed, epoch, shard_id), so the same arguments
