@@ -1,0 +1,353 @@
+"""The training loop behind `python -m fastssl.train`: data -> method -> loss -> optimizer, with
+checkpoint/resume, logging and multi-process (DDP) support.
+
+Run folder (``--out``; only rank 0 writes):
+  config.json     the resolved flags (``--config config.json`` reproduces the run)
+  metrics.jsonl   one JSON line per logged step and per epoch
+  tb/             TensorBoard event log
+  last.pt         every epoch and every ``--ckpt-every`` steps: model, optimizer, scheduler, grad
+                  scaler, epoch and position inside it, global step, RNG states, config
+  best.pt         the epoch with the lowest mean training loss so far
+  eval.json       the final kNN accuracy (learned and random init)
+Checkpoints are written atomically (temp file + rename). ``--resume`` (a file, a run folder or
+``auto``) continues exactly: the data loader re-creates the same epoch and skips the batches already
+done, so on CPU a run killed with SIGKILL and resumed ends with bit-identical weights to an
+uninterrupted run. SIGINT/SIGTERM checkpoint at the end of the current step, then exit (130/143).
+A non-finite loss stops the run before the optimizer step, with a message; no checkpoint is written
+from that state, so the last good one stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from fastssl import checkpoint as ckpt_io
+from fastssl.methods import build_method
+from fastssl.models import to_channels_last
+from fastssl.optim import build_optimizer, build_scheduler, scaled_lr
+from fastssl.parallel import convert_global_bn, setup_distributed
+from fastssl.progress import Progress
+from fastssl.train import RUNTIME_KEYS, ConfigError
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on (non-finite loss, incompatible resume, bad data size)."""
+
+
+class _Stop:
+    """SIGINT/SIGTERM -> finish the step, checkpoint, exit."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _resolve_resume(cfg: dict) -> Path | None:
+    r = cfg["resume"]
+    if not r:
+        return None
+    if r == "auto":
+        if not cfg["out"]:
+            raise ConfigError("--resume auto needs --out (the run folder to continue)")
+        path = Path(cfg["out"]) / "last.pt"
+        return path if path.is_file() else None
+    path = Path(r)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def _check_compatible(cfg: dict, saved: dict, path: Path) -> None:
+    diff = {k: (saved.get(k), cfg.get(k)) for k in set(cfg) | set(saved)
+            if k not in RUNTIME_KEYS and saved.get(k) != cfg.get(k)}
+    if diff:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ConfigError(f"--resume {path}: the run's config differs ({lines}); resume with the same "
+                          "flags (or --config <run>/config.json), or start a new --out")
+
+
+def _data_sources(cfg: dict):
+    """(train, val or None) sources; fills cfg["data"] with the demo root when no --data was given."""
+    from fastssl.data import demo_root
+    from fastssl.eval import data_splits
+
+    if cfg["data"] is None:
+        cfg["data"] = str(demo_root(seed=0))
+    return data_splits(Path(cfg["data"]))
+
+
+def _autocast(cfg: dict, device: torch.device):
+    prec = cfg["precision"]
+    if prec == "auto":
+        prec = "bf16" if device.type == "cuda" else "fp32"
+    if prec == "fp32":
+        return contextlib.nullcontext(), False
+    dtype = torch.bfloat16 if prec == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), prec == "fp16"
+
+
+def _build_model(cfg: dict):
+    torch.manual_seed(cfg["seed"])  # same init on every rank and for the random-init baseline
+    return build_method(cfg["method"], cfg)
+
+
+class _Logger:
+    """metrics.jsonl + TensorBoard, rank 0 only."""
+
+    def __init__(self, out: Path | None):
+        self.out = out
+        self.tb = None
+        if out is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.file = (out / "metrics.jsonl").open("a")
+            self.tb = SummaryWriter(str(out / "tb"))
+
+    def log(self, record: dict, step: int, prefix: str) -> None:
+        if self.out is None:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.file.close()
+            self.tb.close()
+
+
+def train(cfg: dict) -> int:
+    d = setup_distributed(cfg["device"])
+    try:
+        return Trainer(cfg, d).run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Trainer:
+    """One run: set-up (data, model, optimizer, resume) in __init__, the loop in run()."""
+
+    def __init__(self, cfg: dict, d):
+        self.cfg, self.d = cfg, d
+        device, ws = d.device, d.world_size
+        resume_path = _resolve_resume(cfg)
+        if cfg["out"] is None:
+            cfg["out"] = str(resume_path.parent if resume_path is not None else
+                             Path("runs") / f"{cfg['method']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.out = out = Path(cfg["out"])
+        if resume_path is None and (out / "last.pt").exists():
+            raise ConfigError(f"run folder {out} already holds a checkpoint; continue it with --resume auto, "
+                              "or choose another --out")
+        self.train_src, self.val_src = _data_sources(cfg)
+        if cfg["batch_size"] % ws:
+            raise ConfigError(f"--batch-size {cfg['batch_size']} is not divisible by the {ws} processes")
+        local_bs = cfg["batch_size"] // ws
+        per_shard = -(-len(self.train_src) // ws)
+        if local_bs > per_shard:
+            raise ConfigError(f"--batch-size {cfg['batch_size']} is larger than the dataset "
+                              f"({len(self.train_src)} images in {self.train_src.root}"
+                              f"{f' over {ws} processes' if ws > 1 else ''})")
+        ckpt = None
+        if resume_path is not None:
+            ckpt = ckpt_io.load(resume_path)
+            _check_compatible(cfg, ckpt["config"], resume_path)
+
+        # NHWC: tensor cores on GPU; on CPU (oneDNN) it measured 1.4-1.6x faster for the demo ResNet.
+        self.method = method = to_channels_last(convert_global_bn(_build_model(cfg), device).to(device))
+        model = method
+        if ws > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                method, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = torch.compile(model) if cfg["compile"] else model
+
+        self.steps_per_epoch = per_shard // local_bs
+        total_steps = self.steps_per_epoch * cfg["epochs"]
+        lr = scaled_lr(cfg["lr"], cfg["batch_size"])
+        self.optimizer = build_optimizer(cfg["optimizer"], method, lr, cfg["weight_decay"], cfg["momentum"])
+        self.scheduler = build_scheduler(self.optimizer, total_steps,
+                                         round(cfg["warmup_epochs"] * self.steps_per_epoch))
+        self.autocast, use_scaler = _autocast(cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": float("inf"),
+                      "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
+        if ckpt is not None:
+            method.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.state.update(ckpt["state"])
+            ckpt_io.set_rng_state(ckpt["rng"])
+            if d.is_main:
+                print(f"fastssl.train: resumed from {resume_path} at epoch {self.state['epoch']} step "
+                      f"{self.state['step_in_epoch']}/{self.steps_per_epoch} (global step "
+                      f"{self.state['global_step']})", file=sys.stderr)
+        else:
+            torch.manual_seed(cfg["seed"] + 1 + d.rank)
+
+        self.loader_args = dict(recipe=method.recipe, batch_size=local_bs, seed=cfg["seed"], shard_id=d.rank,
+                                num_shards=ws, device=device, image_size=cfg["image_size"],
+                                num_threads=cfg["workers"],
+                                recipe_options={**method.recipe_options(), **(cfg["recipe_options"] or {})})
+        if d.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            print(f"fastssl.train: {cfg['method']} on {self.train_src} | {cfg['arch']} | global batch "
+                  f"{cfg['batch_size']} over {ws} process(es) on {device} | {self.steps_per_epoch} steps/epoch "
+                  f"x {cfg['epochs']} epochs | lr {lr:.4g} ({cfg['optimizer']}) | run folder {out}",
+                  file=sys.stderr)
+        self.logger = _Logger(out if d.is_main else None)
+        self.progress = Progress(total_steps, cfg["batch_size"], start_step=self.state["global_step"],
+                                 enabled=d.is_main and not cfg["quiet"])
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.d.is_main:
+            ckpt_io.atomic_save({"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                                 "state": dict(self.state), "rng": ckpt_io.rng_state(), "config": self.cfg},
+                                self.out / name)
+
+    def run(self) -> int:
+        try:
+            with _Stop() as stop:
+                while self.state["epoch"] < self.cfg["epochs"]:
+                    signum = self._epoch(stop)
+                    if signum:
+                        return 128 + signum
+            self.progress.close()
+            sps, ips = self.progress.rates(self.state["global_step"])
+            if self.d.is_main:
+                print(f"fastssl.train: done, {self.state['global_step']} steps, {ips:.0f} img/s "
+                      f"({sps:.2f} step/s) this session; checkpoint {self.out / 'last.pt'}", file=sys.stderr)
+                if self.cfg["eval"] == "knn":
+                    _final_knn(self.cfg, self.method, self.train_src, self.val_src, self.d.device, self.out,
+                               self.logger)
+            if self.d.world_size > 1:
+                dist.barrier()
+            return 0
+        finally:
+            self.progress.close()
+            self.logger.close()
+
+    def _step(self, views, labels) -> tuple[float, bool, dict]:
+        """Forward, NaN check, backward, update: (loss over all ranks, stop requested, metrics)."""
+        ws = self.d.world_size
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        with self.autocast:
+            loss, metrics = self.model(views, labels)
+        # One all-reduce carries the loss (for logging and the NaN check) and the stop flag, so every
+        # rank takes the same decision.
+        shared = torch.stack([loss.detach().float(),
+                              torch.tensor(float(self._stop.signum > 0), device=loss.device)])
+        if ws > 1:
+            dist.all_reduce(shared)
+            shared[0] /= ws
+        loss_value = shared[0].item()
+        if not torch.isfinite(shared[0]):
+            last = self.out / "last.pt"
+            st = self.state
+            raise TrainError(
+                f"loss is {loss_value} at epoch {st['epoch']} step {st['step_in_epoch']} (global step "
+                f"{st['global_step']}); stopping before the update. The last good checkpoint "
+                f"{'is ' + str(last) if last.exists() else 'does not exist yet'}. Lower --lr (or use "
+                "--precision fp32) and --resume from it.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss_value, shared[1].item() > 0, metrics
+
+    def _epoch(self, stop: _Stop) -> int:
+        """Train the rest of the current epoch; returns the signal number if stopped by one, else 0."""
+        from fastssl.data import make_loader
+
+        cfg, st = self.cfg, self.state
+        self._stop = stop
+        kill_at = int(os.environ.get("FASTSSL_DEBUG_SIGKILL_AT_STEP", "0"))  # resume tests only
+        epoch = st["epoch"]
+        loader = make_loader(self.train_src, epoch=epoch, skip_batches=st["step_in_epoch"], **self.loader_args)
+        for views, labels in loader:
+            t0 = time.perf_counter()
+            loss_value, stop_now, metrics = self._step(views, labels)
+            st["global_step"] += 1
+            st["step_in_epoch"] += 1
+            st["epoch_loss_sum"] += loss_value
+            st["epoch_loss_count"] += 1
+            gs, lr = st["global_step"], self.optimizer.param_groups[0]["lr"]
+            if gs % cfg["log_every"] == 0 or st["step_in_epoch"] == self.steps_per_epoch:
+                self.logger.log({"step": gs, "epoch": epoch, "loss": loss_value, "lr": lr,
+                                 **{k: float(v) for k, v in metrics.items()},
+                                 "step_s": time.perf_counter() - t0}, gs, "train")
+            self.progress.update(gs, prefix=f"epoch {epoch + 1}/{cfg['epochs']} ", loss=loss_value, lr=lr)
+            if cfg["ckpt_every"] and gs % cfg["ckpt_every"] == 0:
+                self.save()
+            if stop_now:
+                self.save()
+                signum = int(stop.signum or signal.SIGTERM)
+                if self.d.is_main:
+                    self.progress.close()
+                    print(f"fastssl.train: stopped by signal {signum} at global step {gs}; checkpoint "
+                          f"{self.out / 'last.pt'} (continue with --resume auto --out {self.out})",
+                          file=sys.stderr)
+                return signum
+            if kill_at and gs == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        epoch_loss = st["epoch_loss_sum"] / max(st["epoch_loss_count"], 1)
+        _, ips = self.progress.rates(st["global_step"])
+        self.logger.log({"epoch": epoch, "epoch_loss": epoch_loss, "img_per_s": ips}, st["global_step"], "epoch")
+        st.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
+        is_best = epoch_loss < st["best_loss"]
+        if is_best:
+            st["best_loss"] = epoch_loss
+        self.save()
+        if is_best:
+            self.save("best.pt")
+        return 0
+
+
+def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger) -> None:
+    from fastssl.eval import extract_features, knn_classify
+
+    if val_src is None:
+        print("fastssl.train: the data has no val/ split, skipping the kNN evaluation", file=sys.stderr)
+        return
+    kw = dict(image_size=cfg["image_size"], device=device, num_threads=cfg["workers"])
+    n_cls = len(train_src.classes)
+    results = {}
+    random_init = to_channels_last(_build_model(cfg).to(device))
+    for name, backbone in (("learned", method.backbone), ("random_init", random_init.backbone)):
+        tr = extract_features(backbone, train_src, **kw)
+        va = extract_features(backbone, val_src, **kw)
+        results[name] = knn_classify(*tr, *va, k=20, temperature=0.07, num_classes=n_cls)
+    (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    learned, rand = results["learned"], results["random_init"]
+    logger.log({"knn_top1": learned["top1"], "knn_top1_random_init": rand["top1"]}, 0, "eval")
+    print(f"kNN (k=20) on {len(val_src)} val images, {n_cls} classes:\n"
+          f"  learned      top-1 {learned['top1']:6.2f}%  top-5 {learned['top5']:6.2f}%\n"
+          f"  random init  top-1 {rand['top1']:6.2f}%  top-5 {rand['top5']:6.2f}%")

@@ -1,0 +1,183 @@
+"""`python -m fastssl.train`: a tiny end-to-end run, exact resume after SIGKILL, signals, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fastssl import train as train_cli
+from fastssl.methods import METHODS
+
+
+def _run(args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}, timeout=600, **kw)
+
+
+def _model(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_help_lists_the_cli():
+    r = _run(["--help"])
+    assert r.returncode == 0
+    for flag in ["--method", "--data", "--arch", "--epochs", "--batch-size", "--lr", "--out", "--optimizer",
+                 "--precision", "--compile", "--seed", "--resume", "--workers", "--config", "--ckpt-every"]:
+        assert flag in r.stdout, flag
+    r = _run(["--method", "simclr", "--help"])
+    assert "--temperature" in r.stdout
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_tiny_run_writes_the_run_folder(method, tiny_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(out)
+    args[args.index("simclr")] = method
+    assert train_cli.main(args) == 0
+    for name in ["config.json", "metrics.jsonl", "last.pt", "best.pt", "eval.json"]:
+        assert (out / name).is_file(), name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "step" in x and "loss" in x]
+    assert [x["step"] for x in steps] == list(range(1, 13))
+    assert all(torch.isfinite(torch.tensor(x["loss"])) for x in steps)
+    assert len([x for x in lines if "epoch_loss" in x]) == 2
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(ev) == {"learned", "random_init"} and 0 <= ev["learned"]["top1"] <= 100
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["state"]["epoch"] == 2 and ck["state"]["global_step"] == 12
+    assert set(ck) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config", "state"}
+    assert "random init" in capsys.readouterr().out
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_args, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = _run(tiny_args(a, "--eval", "none"))
+    assert ra.returncode == 0, ra.stderr
+    # Killed by SIGKILL after global step 9 (mid epoch 2); the last checkpoint is from step 8.
+    rb = _run(tiny_args(b, "--eval", "none", "--ckpt-every", "4"), env={"FASTSSL_DEBUG_SIGKILL_AT_STEP": "9"})
+    assert rb.returncode == -signal.SIGKILL, rb.stderr
+    state = torch.load(b / "last.pt", weights_only=False)["state"]
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (8, 1, 2)
+    rc = _run(tiny_args(b, "--eval", "none", "--ckpt-every", "4", "--resume", "auto"))
+    assert rc.returncode == 0, rc.stderr
+    assert "resumed from" in rc.stderr
+    wa, wb = _model(a / "last.pt"), _model(b / "last.pt")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs after resume"
+    la = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    loss_a = {x["step"]: x["loss"] for x in la if "loss" in x}
+    loss_b = {x["step"]: x["loss"] for x in lb if "loss" in x}  # step 9 appears twice: same value
+    assert loss_a == loss_b
+
+
+def test_sigterm_checkpoints_then_exits(tiny_args, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(out, "--eval", "none", "--epochs", "50")
+    p = subprocess.Popen([sys.executable, "-m", "fastssl.train", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                          and (out / "metrics.jsonl").read_text().strip()):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by signal" in err
+    state = torch.load(out / "last.pt", weights_only=False)["state"]
+    assert state["global_step"] >= 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_args, tmp_path, monkeypatch, capsys):
+    from fastssl.methods import simclr
+
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = simclr.nt_xent
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(simclr, "nt_xent", flaky)
+    assert train_cli.main(tiny_args(out, "--ckpt-every", "2", "--eval", "none")) == 1
+    err = capsys.readouterr().err
+    assert "loss is nan" in err and "last good checkpoint" in err
+    state = torch.load(out / "last.pt", weights_only=False)["state"]
+    assert state["global_step"] == 4  # the step-5 update never happened, nothing overwrote step 4
+
+
+@pytest.mark.parametrize(
+    "extra,code,message",
+    [
+        (["--method", "nope"], 2, "unknown method 'nope'"),
+        (["--arch", "resnet7"], 2, "unknown arch 'resnet7'"),
+        (["--batch-size", "4096"], 1, "larger than the dataset"),
+        (["--data", "/no/such/folder"], 2, "does not exist"),
+        (["--epochs", "0"], 2, "--epochs must be >= 1"),
+    ],
+)
+def test_bad_input_is_a_clear_error(extra, code, message, tiny_args, tmp_path, capsys):
+    args = tiny_args(tmp_path / "run")
+    for i in range(0, len(extra), 2):  # override, don't append: argparse keeps the last one anyway
+        args += extra[i:i + 2]
+    assert train_cli.main(args) == code
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_resume_with_incompatible_config_and_no_silent_overwrite(tiny_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_cli.main(tiny_args(out, "--epochs", "1", "--eval", "none")) == 0
+    before = (out / "last.pt").read_bytes()
+    assert train_cli.main(tiny_args(out, "--epochs", "1", "--width", "16", "--resume", "auto")) == 1
+    assert "config differs" in capsys.readouterr().err
+    assert train_cli.main(tiny_args(out, "--epochs", "1")) == 1  # same folder without --resume
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_config_file_reproduces_the_flags(tiny_args, tmp_path):
+    cfg = train_cli.parse_config(tiny_args(tmp_path / "a", "--temperature", "0.3"))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    again = train_cli.parse_config(["--config", str(path)])
+    assert again.pop("config") == str(path)
+    cfg.pop("config")
+    assert again == cfg
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("method: simclr\nepochs: 3\ntemperature: 0.5\n")
+    c = train_cli.parse_config(["--config", str(yaml_path), "--epochs", "4"])
+    assert (c["epochs"], c["temperature"]) == (4, 0.5)  # the command line wins over the file
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tiny_args, tmp_path):
+    """torchrun, 2 CPU processes (gloo), global batch 16 = 2 x 8, vs 1 process with batch 16: the
+    same loss curve. Deterministic views (no random augmentation) so both see identical inputs."""
+    fixed = json.dumps({"scale": [1, 1], "ratio": [1, 1], "flip_p": 0, "jitter_p": 0, "gray_p": 0,
+                        "blur_p": [0, 0], "solarize_p": [0, 0]})
+    common = ["--eval", "none", "--epochs", "1", "--recipe-options", fixed]
+    one = _run(tiny_args(tmp_path / "one", *common))
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29561", "-m", "fastssl.train", *tiny_args(tmp_path / "two", *common)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in lines if '"loss"' in x]
+
+    l1, l2 = losses("one"), losses("two")
+    assert len(l1) == len(l2) == 6
+    assert torch.allclose(torch.tensor(l1), torch.tensor(l2), rtol=1e-3, atol=1e-4), (l1, l2)
