@@ -17,9 +17,12 @@ bf16 arithmetic). On a GPU, 16-bit tiles go to tl.dot as they are (fp32 accumula
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E) (host float, for the launchers)
 LN2 = 0.6931471805599453  # ln(2): back from base-2 to natural log
-NEG_BIG = -1.0e30  # finite "minus infinity" for the running max: exp2(-inf - NEG_BIG) = 0, never NaN
+# Compiled kernels may only read constexpr globals.
+_LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(LN2)
+_NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(-inf - it) = 0, no NaN
 
 
 @triton.jit
@@ -53,7 +56,7 @@ def _info_nce_fwd_kernel(
     pos = tl.load(POS + rows, mask=row_mask, other=-1)
     self_col = rows + self_offset
 
-    m_i = tl.full([BLOCK_M], NEG_BIG, tl.float32)  # running max of base-2 logits
+    m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)  # running max of base-2 logits
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(logit - m_i)
     s_pos = tl.zeros([BLOCK_M], tl.float32)  # raw similarity with the positive
     for start in range(0, NK, BLOCK_N):
@@ -73,7 +76,7 @@ def _info_nce_fwd_kernel(
         p = tl.exp2(s2 - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
-    lse = (m_i + tl.log2(l_i)) * LN2
+    lse = (m_i + tl.log2(l_i)) * _LN2
     tl.store(LSE + rows, lse, mask=row_mask)
     tl.store(LOSS + rows, lse - s_pos * inv_tau, mask=row_mask)
 
@@ -105,7 +108,7 @@ def _nt_xent_bwd_kernel(
     zi = tl.load(Z + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
     if UPCAST:
         zi = zi.to(tl.float32)
-    lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * LOG2E
+    lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
     pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -115,7 +118,7 @@ def _nt_xent_bwd_kernel(
         zj = tl.load(Z + cols[:, None] * D + d[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
         if UPCAST:
             zj = zj.to(tl.float32)
-        lse_j = tl.load(LSE + cols, mask=col_mask, other=0.0) * LOG2E
+        lse_j = tl.load(LSE + cols, mask=col_mask, other=0.0) * _LOG2E
         s2 = tl.dot(zi, tl.trans(zj), input_precision=DOT_PRECISION) * qk_scale
         valid = col_mask[None, :] & (cols[None, :] != rows[:, None])
         s2 = tl.where(valid, s2, float("-inf"))  # before exp2: the excluded self term could overflow
@@ -155,7 +158,7 @@ def _info_nce_bwd_dq_kernel(
     q = tl.load(Q + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * LOG2E
+    lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
     pos = tl.load(POS + rows, mask=row_mask, other=-1)
     self_col = rows + self_offset
 
@@ -215,7 +218,7 @@ def _info_nce_bwd_dk_kernel(
         q = tl.load(Q + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
-        lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * LOG2E
+        lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
         pos = tl.load(POS + rows, mask=row_mask, other=-1)
         s2t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
         valid = row_mask[None, :]
