@@ -7,7 +7,7 @@ is the key pos[i]. Per-row loss: lse_i - S_{i,pos(i)} / tau.
 
 Every kernel streams over blocks of the other side (flash-attention style) and never materializes
 the [M, Nk] matrix: the forward keeps an online (max, sum) in base 2 and writes lse_i (natural log,
-in logit units) and the per-row loss; the backwards recompute the similarity tiles from Q, K, lse.
+in logit units; the launcher adds the positive's logit); the backwards recompute the similarity tiles from Q, K, lse.
 No atomics: each program owns its output rows, so results are bitwise reproducible.
 
 Interpreter (TRITON_INTERPRET=1): UPCAST loads 16-bit inputs as fp32 (the numpy interpreter has no
@@ -29,15 +29,12 @@ _NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max:
 def _info_nce_fwd_kernel(
     Q,  # *T [M, D] contiguous queries
     K,  # *T [Nk, D] contiguous keys
-    POS,  # *int64 [M] index of each query's positive key in [0, Nk)
     LSE,  # *fp32 [M] out: logsumexp over the candidates of row i, natural log, logit units
-    LOSS,  # *fp32 [M] out: lse_i - S_{i,pos(i)} / tau
     M,  # number of queries
     NK,  # number of keys
     D,  # embedding width (<= BLOCK_D)
     self_offset,  # key index of query 0's own copy (EXCLUDE_SELF only)
     qk_scale,  # log2(e) / tau: raw dot -> base-2 logits
-    inv_tau,  # 1 / tau
     EXCLUDE_SELF: tl.constexpr,  # drop key i + self_offset from row i's candidates
     UPCAST: tl.constexpr,  # load as fp32 (interpreter: no bf16 arithmetic)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32/fp64 inputs (no silent tf32), "tf32" otherwise
@@ -53,12 +50,12 @@ def _info_nce_fwd_kernel(
     q = tl.load(Q + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    pos = tl.load(POS + rows, mask=row_mask, other=-1)
     self_col = rows + self_offset
 
+    # The positive's logit is an O(M*D) row dot done by the launcher: picking it out of every tile
+    # would cost three more ALU ops per similarity in a loop that is ALU/exp-bound.
     m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)  # running max of base-2 logits
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(logit - m_i)
-    s_pos = tl.zeros([BLOCK_M], tl.float32)  # raw similarity with the positive
     for start in range(0, NK, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
         col_mask = cols < NK
@@ -66,7 +63,6 @@ def _info_nce_fwd_kernel(
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # fp32 [BLOCK_M, BLOCK_N]
-        s_pos += tl.sum(tl.where(cols[None, :] == pos[:, None], s, 0.0), 1)
         valid = col_mask[None, :]
         if EXCLUDE_SELF:
             valid = valid & (cols[None, :] != self_col[:, None])
@@ -78,7 +74,6 @@ def _info_nce_fwd_kernel(
         m_i = m_new
     lse = (m_i + tl.log2(l_i)) * _LN2
     tl.store(LSE + rows, lse, mask=row_mask)
-    tl.store(LOSS + rows, lse - s_pos * inv_tau, mask=row_mask)
 
 
 @triton.jit

@@ -317,7 +317,7 @@ class Cuda:  # what _triton_config reads from a CUDA tensor
     def __init__(self, dtype): self.dtype = dtype
     def element_size(self): return torch.empty(0, dtype=self.dtype).element_size()
 
-TYPES = {"Q": "*T", "K": "*T", "Z": "*T", "POS": "*i64", "LSE": "*fp32", "LOSS": "*fp32", "DZ": "*fp32",
+TYPES = {"Q": "*T", "K": "*T", "Z": "*T", "POS": "*i64", "LSE": "*fp32", "DZ": "*fp32",
          "DQ": "*fp32", "DK": "*fp32", "self_offset": "i64", "qk_scale": "fp32", "inv_tau": "fp32",
          "grad_scale": "fp32"}
 for dtype, name, d in [(torch.bfloat16, "bf16", 128), (torch.float32, "fp32", 200)]:
