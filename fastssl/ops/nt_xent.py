@@ -62,6 +62,10 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CPU_BLOCK_ELEMS = 1 << 22
 # Triton path keeps whole embedding rows in registers: D up to 512 (wider goes blockwise).
 MAX_TRITON_D = 512
+# What runs where (shown by `python -m fastssl.info`).
+_WHERE = {"cpu": "native: blockwise PyTorch (O(N*D) memory)",
+          "cuda": f"triton: fused fwd/bwd kernels (D <= {MAX_TRITON_D}; else blockwise)"}
+BACKENDS = {"nt_xent": _WHERE, "info_nce": _WHERE}
 
 
 # ---------------------------------------------------------------------------------------------------
