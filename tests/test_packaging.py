@@ -1,5 +1,6 @@
 """A normal (non-editable) install must carry kernels/ as fastssl.kernels and the C++ sources."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,15 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_wheel_contains_kernels_and_sources(tmp_path):
-    # Build from a copy of the tracked files so the build leaves nothing in the checkout.
+def _copy_tracked(tmp_path):
+    """A copy of the tracked files: builds then leave nothing in the checkout."""
     src = tmp_path / "src"
     files = subprocess.check_output(["git", "ls-files"], cwd=ROOT, text=True).split()
     for f in files:
         if (ROOT / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, src / f)
+    return src, files
+
+
+@pytest.mark.slow
+def test_wheel_contains_kernels_and_sources(tmp_path):
+    src, files = _copy_tracked(tmp_path)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True)
     wheel = next((tmp_path / "dist").glob("fastssl-*.whl"))
@@ -32,3 +38,16 @@ def test_wheel_contains_kernels_and_sources(tmp_path):
     for f in files:  # every tracked Triton kernel file is installed
         if f.startswith("kernels/") and f.endswith(".py"):
             assert "fastssl/" + f in names
+
+
+@pytest.mark.slow
+def test_aot_build_puts_the_extension_in_the_wheel(tmp_path):
+    """FASTSSL_AOT=1 compiles fastssl._C at install time (C++ part here, to keep the test short; the
+    CUDA part is the same code path, compiled by the JIT build in test_extension.py)."""
+    src, _ = _copy_tracked(tmp_path)
+    env = {**os.environ, "FASTSSL_AOT": "1", "FASTSSL_SKIP_CUDA": "1", "MAX_JOBS": "2"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, env=env)
+    wheel = next((tmp_path / "dist").glob("fastssl-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("fastssl/_C") and n.endswith(".so") for n in names), names

@@ -7,6 +7,8 @@ paper.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from fastssl.methods.base import Method, register
@@ -14,11 +16,19 @@ from fastssl.models import MLPHead
 from fastssl.ops import nt_xent
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 @register("simclr")
 class SimCLR(Method):
     recipe = "simclr"
-    # Tuned for the built-in demo (a 2-core CPU, ~10 minutes): see README "SimCLR on the demo data".
-    defaults = dict(arch="resnet18", width=32, image_size=64, batch_size=256, epochs=20, optimizer="lars",
+    # Tuned for the built-in demo (a 2-core CPU, ~7 minutes, kNN 54.8% vs 18.1% at random init): see
+    # README "SimCLR on the demo data". ImageNet wants width 64, 224 px, --min-scale 0.08.
+    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=256, epochs=35, optimizer="lars",
                     lr=1.2, weight_decay=1e-6, warmup_epochs=1)
 
     @staticmethod
@@ -29,6 +39,8 @@ class SimCLR(Method):
         g.add_argument("--proj-dim", type=int, default=128, help="projector output width")
         g.add_argument("--jitter", type=float, default=0.8,
                        help="colour jitter strength (brightness/contrast/saturation; hue = jitter/4)")
+        g.add_argument("--min-scale", type=_fraction, default=0.5,
+                       help="smallest random-resized-crop area (the paper: 0.08 on ImageNet)")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -38,7 +50,7 @@ class SimCLR(Method):
 
     def recipe_options(self):
         s = self.cfg["jitter"]
-        return {"jitter": s, "hue": min(s / 4, 0.5)}
+        return {"jitter": s, "hue": min(s / 4, 0.5), "scale": (self.cfg["min_scale"], 1.0)}
 
     def forward(self, views, labels):
         x = torch.cat(views)  # one pass over both views: batch norm sees all 2N
