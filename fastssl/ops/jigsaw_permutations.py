@@ -38,8 +38,9 @@ def _check(k: int, n_tiles: int, method: str) -> None:
         raise ValueError(f"k must be an int in [1, {n_tiles}! = {math.factorial(n_tiles)}], got {k!r}")
 
 
+@lru_cache(maxsize=4)
 def all_permutations(n_tiles: int) -> torch.Tensor:
-    """uint8 [n!, n], every permutation of range(n) in lexicographic order."""
+    """uint8 [n!, n], every permutation of range(n) in lexicographic order (cached: treat as read-only)."""
     return torch.from_numpy(np.array(list(itertools.permutations(range(n_tiles))), dtype=np.uint8))
 
 
