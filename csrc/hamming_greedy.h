@@ -17,4 +17,31 @@ inline int64_t greedy_key(int64_t score, int64_t priority) {
   return (score << kPriorityBits) | priority;
 }
 
+// A permutation of n <= 16 tiles packed as n 4-bit nibbles, so a Hamming distance is a few word
+// operations (XOR, fold each nibble to its low bit, popcount) instead of n byte compares.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline uint64_t pack_permutation(const uint8_t* row, int64_t n) {
+  uint64_t packed = 0;
+  for (int64_t p = 0; p < n; ++p) packed |= uint64_t(row[p] & 0xF) << (4 * p);
+  return packed;
+}
+
+#if defined(__CUDACC__)
+__device__ inline int64_t packed_hamming(uint64_t a, uint64_t b) {
+  uint64_t x = a ^ b;
+  x |= x >> 1;
+  x |= x >> 2;
+  return __popcll(x & 0x1111111111111111ULL);
+}
+#else
+inline int64_t packed_hamming(uint64_t a, uint64_t b) {
+  uint64_t x = a ^ b;
+  x |= x >> 1;
+  x |= x >> 2;
+  return __builtin_popcountll(x & 0x1111111111111111ULL);
+}
+#endif
+
 }  // namespace fastssl

@@ -27,6 +27,8 @@ void check_hamming_greedy_args(const at::Tensor& candidates, const at::Tensor& p
   TORCH_CHECK(candidates.size(0) <= kMaxCandidates, "hamming_greedy: at most 2^22 candidates");
   TORCH_CHECK(candidates.size(1) >= 1 && candidates.size(1) <= 16, "hamming_greedy: n must be in [1, 16]");
   TORCH_CHECK(k >= 1 && k <= candidates.size(0), "hamming_greedy: need 1 <= k <= M, got k=", k);
+  // Rows are packed as 4-bit nibbles (hamming_greedy.h): tile indices must be < 16.
+  TORCH_CHECK(candidates.max().item<uint8_t>() < 16, "hamming_greedy: candidate values must be < 16");
 }
 
 // Greedy selection of k rows of `candidates` (all permutations of n tiles) maximising the minimum
@@ -55,19 +57,20 @@ at::Tensor hamming_greedy_cpu(const at::Tensor& candidates_in, const at::Tensor&
   }
   picked[0] = row_of[M - 1];
 
+  std::vector<uint64_t> packed(M);
+  at::parallel_for(0, M, 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) packed[i] = pack_permutation(cand + i * n, n);
+  });
   for (int64_t t = 1; t < k; ++t) {
     const int64_t last = picked[t - 1];
     taken[last] = 1;
-    uint8_t ref[16];
-    std::copy(cand + last * n, cand + (last + 1) * n, ref);
+    const uint64_t ref = packed[last];
     // One pass: fold in the distance to the last pick and find the best remaining key.
     const int64_t best_key = at::parallel_reduce(
-        0, M, 4096, int64_t(-1),
+        0, M, 16384, int64_t(-1),
         [&](int64_t begin, int64_t end, int64_t best) {
           for (int64_t i = begin; i < end; ++i) {
-            const uint8_t* row = cand + i * n;
-            int64_t d = 0;
-            for (int64_t p = 0; p < n; ++p) d += row[p] != ref[p];
+            const int64_t d = packed_hamming(packed[i], ref);
             score[i] = use_min ? std::min(score[i], d) : score[i] + d;
             if (!taken[i]) best = std::max(best, greedy_key(score[i], prio[i]));
           }

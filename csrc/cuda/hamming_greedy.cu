@@ -25,22 +25,27 @@ __global__ void invert_priority_kernel(const int64_t* __restrict__ priority,  //
   if (i < M) row_of[priority[i]] = i;
 }
 
+// packed[i] = row i as n 4-bit nibbles.
+__global__ void pack_kernel(const uint8_t* __restrict__ cand,  // [M, n] candidate permutations
+                            uint64_t* __restrict__ packed,     // [M] out
+                            int64_t M, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < M) packed[i] = pack_permutation(cand + i * n, n);
+}
+
 // Fold the distance to the last pick into each row's score and atomically raise best_key.
-__global__ void update_kernel(const uint8_t* __restrict__ cand,      // [M, n] candidate permutations
+__global__ void update_kernel(const uint64_t* __restrict__ packed,  // [M] packed candidates
                               const int64_t* __restrict__ priority,  // [M] tie-break order
                               const int64_t* __restrict__ picked,    // [k] picks so far
                               int64_t t,                             // pick being made (t >= 1)
                               int64_t* __restrict__ score,           // [M] min or sum of distances
                               uint8_t* __restrict__ taken,           // [M] already picked
                               unsigned long long* __restrict__ best_key,  // [1] max key, reset to 0
-                              int64_t M, int64_t n, bool use_min) {
+                              int64_t M, bool use_min) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= M) return;
   const int64_t last = picked[t - 1];
-  const uint8_t* ref = cand + last * n;
-  const uint8_t* row = cand + i * n;
-  int64_t d = 0;
-  for (int64_t p = 0; p < n; ++p) d += row[p] != ref[p];
+  const int64_t d = packed_hamming(packed[i], packed[last]);
   const int64_t s = use_min ? min(score[i], d) : score[i] + d;
   score[i] = s;
   if (i == last) taken[i] = 1;
@@ -68,6 +73,7 @@ at::Tensor hamming_greedy_cuda(const at::Tensor& candidates_in, const at::Tensor
   auto taken = at::zeros({M}, candidates.options());
   auto row_of = at::empty({M}, opts);
   auto best = at::zeros({1}, opts);  // reinterpreted as unsigned long long
+  auto packed = at::empty({M}, opts);  // reinterpreted as uint64
   auto out = at::empty({k}, opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int blocks = int((M + kThreads - 1) / kThreads);
@@ -75,13 +81,16 @@ at::Tensor hamming_greedy_cuda(const at::Tensor& candidates_in, const at::Tensor
   invert_priority_kernel<<<blocks, kThreads, 0, stream>>>(priority.data_ptr<int64_t>(),
                                                            row_of.data_ptr<int64_t>(), M);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto* packed_ptr = reinterpret_cast<uint64_t*>(packed.data_ptr<int64_t>());
+  pack_kernel<<<blocks, kThreads, 0, stream>>>(candidates.data_ptr<uint8_t>(), packed_ptr, M, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   // First pick: the highest priority, M-1.
   out.narrow(0, 0, 1).copy_(row_of.narrow(0, M - 1, 1));
   auto* best_ptr = reinterpret_cast<unsigned long long*>(best.data_ptr<int64_t>());
   for (int64_t t = 1; t < k; ++t) {
     update_kernel<<<blocks, kThreads, 0, stream>>>(
-        candidates.data_ptr<uint8_t>(), priority.data_ptr<int64_t>(), out.data_ptr<int64_t>(), t,
-        score.data_ptr<int64_t>(), taken.data_ptr<uint8_t>(), best_ptr, M, n, use_min);
+        packed_ptr, priority.data_ptr<int64_t>(), out.data_ptr<int64_t>(), t, score.data_ptr<int64_t>(),
+        taken.data_ptr<uint8_t>(), best_ptr, M, use_min);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     commit_kernel<<<1, 1, 0, stream>>>(best_ptr, row_of.data_ptr<int64_t>(), out.data_ptr<int64_t>(), t);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

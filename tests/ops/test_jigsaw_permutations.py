@@ -111,6 +111,8 @@ def test_op_rejects_bad_priority():
         torch.ops.fastssl.hamming_greedy(cand, torch.zeros_like(prio), k, use_min)
     with pytest.raises(RuntimeError, match="uint8"):
         torch.ops.fastssl.hamming_greedy(cand.long(), prio, k, use_min)
+    with pytest.raises(RuntimeError, match="must be < 16"):
+        torch.ops.fastssl.hamming_greedy(cand + 16, prio, k, use_min)
 
 
 @pytest.mark.cuda
