@@ -26,6 +26,15 @@ _NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max:
 
 
 @triton.jit
+def _load_rows(ptr, rows, row_mask, d, d_mask, D, UPCAST: tl.constexpr):
+    """Rows ``rows`` of a row-major [*, D] matrix, zeros outside the masks; fp32 when UPCAST."""
+    x = tl.load(ptr + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _info_nce_fwd_kernel(
     Q,  # *T [M, D] contiguous queries
     K,  # *T [Nk, D] contiguous keys
@@ -47,9 +56,7 @@ def _info_nce_fwd_kernel(
     row_mask = rows < M
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
-    q = tl.load(Q + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_rows(Q, rows, row_mask, d, d_mask, D, UPCAST)
     self_col = rows + self_offset
 
     # The positive's logit is an O(M*D) row dot done by the launcher: picking it out of every tile
@@ -59,9 +66,7 @@ def _info_nce_fwd_kernel(
     for start in range(0, NK, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
         col_mask = cols < NK
-        k = tl.load(K + cols[:, None] * D + d[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
+        k = _load_rows(K, cols, col_mask, d, d_mask, D, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # fp32 [BLOCK_M, BLOCK_N]
         valid = col_mask[None, :]
         if EXCLUDE_SELF:
@@ -100,9 +105,7 @@ def _nt_xent_bwd_kernel(
     row_mask = rows < R
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
-    zi = tl.load(Z + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-    if UPCAST:
-        zi = zi.to(tl.float32)
+    zi = _load_rows(Z, rows, row_mask, d, d_mask, D, UPCAST)
     lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
     pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
 
@@ -110,9 +113,7 @@ def _nt_xent_bwd_kernel(
     for start in range(0, R, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
         col_mask = cols < R
-        zj = tl.load(Z + cols[:, None] * D + d[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-        if UPCAST:
-            zj = zj.to(tl.float32)
+        zj = _load_rows(Z, cols, col_mask, d, d_mask, D, UPCAST)
         lse_j = tl.load(LSE + cols, mask=col_mask, other=0.0) * _LOG2E
         s2 = tl.dot(zi, tl.trans(zj), input_precision=DOT_PRECISION) * qk_scale
         valid = col_mask[None, :] & (cols[None, :] != rows[:, None])
@@ -150,9 +151,7 @@ def _info_nce_bwd_dq_kernel(
     row_mask = rows < M
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
-    q = tl.load(Q + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_rows(Q, rows, row_mask, d, d_mask, D, UPCAST)
     lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
     pos = tl.load(POS + rows, mask=row_mask, other=-1)
     self_col = rows + self_offset
@@ -161,9 +160,7 @@ def _info_nce_bwd_dq_kernel(
     for start in range(0, NK, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
         col_mask = cols < NK
-        k = tl.load(K + cols[:, None] * D + d[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
+        k = _load_rows(K, cols, col_mask, d, d_mask, D, UPCAST)
         s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         valid = col_mask[None, :]
         if EXCLUDE_SELF:
@@ -202,17 +199,13 @@ def _info_nce_bwd_dk_kernel(
     col_mask = cols < NK
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
-    k = tl.load(K + cols[:, None] * D + d[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
+    k = _load_rows(K, cols, col_mask, d, d_mask, D, UPCAST)
 
     acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start in range(0, M, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < M
-        q = tl.load(Q + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
+        q = _load_rows(Q, rows, row_mask, d, d_mask, D, UPCAST)
         lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
         pos = tl.load(POS + rows, mask=row_mask, other=-1)
         s2t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
