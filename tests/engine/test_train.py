@@ -181,3 +181,15 @@ def test_two_processes_match_one_process(tiny_args, tmp_path):
     l1, l2 = losses("one"), losses("two")
     assert len(l1) == len(l2) == 6
     assert torch.allclose(torch.tensor(l1), torch.tensor(l2), rtol=1e-3, atol=1e-4), (l1, l2)
+
+
+@pytest.mark.parametrize("arch,optimizer,precision", [("vit_tiny", "adamw", "fp32"), ("resnet18", "sgd", "bf16")])
+def test_other_arch_optimizer_precision(arch, optimizer, precision, tiny_args, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(out, "--arch", arch, "--optimizer", optimizer, "--precision", precision, "--epochs", "1",
+                     "--eval", "none", "--lr", "0.001" if optimizer == "adamw" else "0.1")
+    assert train_cli.main(args) == 0
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    saved = torch.load(out / "last.pt", weights_only=False)
+    assert saved["config"]["arch"] == arch and saved["config"]["optimizer"] == optimizer
