@@ -193,3 +193,11 @@ def test_other_arch_optimizer_precision(arch, optimizer, precision, tiny_args, t
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
     saved = torch.load(out / "last.pt", weights_only=False)
     assert saved["config"]["arch"] == arch and saved["config"]["optimizer"] == optimizer
+
+
+@pytest.mark.slow
+def test_compile_flag_runs(tiny_args, tmp_path):
+    """--compile: torch.compile of the method (the fused loss is a graph break; the rest compiles)."""
+    out = tmp_path / "run"
+    assert train_cli.main(tiny_args(out, "--compile", "--epochs", "1", "--eval", "none")) == 0
+    assert torch.load(out / "last.pt", weights_only=False)["state"]["global_step"] == 6
