@@ -29,9 +29,18 @@ class ConfigError(ValueError):
     """A bad command line or config file (printed as a one-line error)."""
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstring's layout and show each flag's default (the method's, if it sets one)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _base_parser(add_help: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastssl.train", description=__doc__, add_help=add_help,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     names = ", ".join(sorted(METHODS)) or "(none registered)"
     p.add_argument("--method", default=None, help=f"SSL method: {names}")
     p.add_argument("--config", default=None, help="JSON/YAML file of flag values (e.g. a run's config.json)")
@@ -40,17 +49,17 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="resnet18", help=f"backbone: {', '.join(ARCHS)}")
     p.add_argument("--width", type=int, default=64, help="ResNet base width (64 = standard)")
     p.add_argument("--image-size", type=int, default=224, help="view size in pixels")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="training epochs")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size (all processes)")
     p.add_argument("--lr", type=float, default=0.3, help="base learning rate for a batch of 256")
     p.add_argument("--optimizer", default="lars", choices=OPTIMIZERS)
-    p.add_argument("--weight-decay", type=float, default=1e-6)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--warmup-epochs", type=float, default=10)
+    p.add_argument("--weight-decay", type=float, default=1e-6, help="not applied to biases and norms")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD/LARS momentum")
+    p.add_argument("--warmup-epochs", type=float, default=10, help="linear warmup, then cosine to 0")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="init, data order and augmentation")
     p.add_argument("--out", default=None, help="run folder (default: runs/<method>-<time>)")
     p.add_argument("--resume", default=None, help="checkpoint file, run folder, or 'auto' (<out>/last.pt if any)")
     p.add_argument("--workers", type=int, default=2, help="DALI threads per process")
