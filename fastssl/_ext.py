@@ -44,10 +44,15 @@ def _build_key(sources: list[Path], flags: list[str], torch_version: str) -> str
 def _jit_build():
     import torch
     from filelock import FileLock
-
-    if cfg.cuda_home():  # before cpp_extension is imported: it reads CUDA_HOME once, at import
-        os.environ.setdefault("CUDA_HOME", cfg.cuda_home())
     from torch.utils import cpp_extension
+
+    home = cfg.cuda_home()
+    if home:
+        # cpp_extension guesses CUDA_HOME once, at import, from `which nvcc` (wrong for a wrapper script
+        # such as /usr/local/bin/nvcc: -lcudart then fails to link), and it may have been imported
+        # already (torch.compile does). Set both the module global it reads and the env for children.
+        os.environ.setdefault("CUDA_HOME", home)
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
 
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:

@@ -65,3 +65,16 @@ def test_concurrent_first_builds_share_one_build(tmp_path):
     assert compiled >= 1
     built = list((tmp_path / "ext").glob("fastssl_C_*/*.so"))
     assert len(built) == 1, built
+
+
+def test_cuda_home_is_corrected_when_cpp_extension_was_imported_first(monkeypatch):
+    """torch.utils.cpp_extension guesses CUDA_HOME at import (torch.compile imports it early); from a
+    wrapper nvcc it guesses wrong and -lcudart fails to link. The build must override the guess."""
+    from torch.utils import cpp_extension
+
+    if cfg.cuda_home() is None:
+        pytest.skip("no CUDA toolkit on this machine")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/nonexistent-cuda")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    _ext._jit_build()  # loads the cached build (same flags), or rebuilds correctly
+    assert cpp_extension.CUDA_HOME == cfg.cuda_home()
