@@ -25,6 +25,7 @@ class Progress:
         self.enabled, self.width = enabled, width
         self.t0 = time.perf_counter()
         self.last_print = 0.0
+        self._line_open = False  # a tty line awaiting its newline
 
     def rates(self, step: int) -> tuple[float, float]:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
@@ -45,8 +46,11 @@ class Progress:
                 f"ETA {fmt_duration(eta) if eta == eta else '?'}")
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         self.stream.flush()
+        self._line_open = self.tty
 
     def close(self) -> None:
-        if self.enabled and self.tty:
+        """End the refreshing line, if one is open (safe to call more than once)."""
+        if self._line_open:
             self.stream.write("\n")
             self.stream.flush()
+            self._line_open = False
