@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from fastssl.errors import ConfigError, TrainError
 from fastssl.methods import METHODS
 from fastssl.models import ARCHS
 from fastssl.optim import OPTIMIZERS
@@ -23,10 +24,6 @@ from fastssl.optim import OPTIMIZERS
 # Flags that may differ between a run and its --resume (they don't change what is computed).
 RUNTIME_KEYS = {"out", "resume", "workers", "log_every", "ckpt_every", "compile", "device", "config", "eval",
                 "quiet"}
-
-
-class ConfigError(ValueError):
-    """A bad command line or config file (printed as a one-line error)."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -120,6 +117,7 @@ def parse_config(argv: list[str] | None = None) -> dict:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
+    METHODS[cfg["method"]].check_config(cfg)
     if cfg["data"] is not None:
         cfg["data"] = str(Path(cfg["data"]).expanduser().resolve())
         if not Path(cfg["data"]).exists():
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, json.JSONDecodeError) as e:
         print(f"fastssl.train: error: {e}", file=sys.stderr)
         return 2
-    from fastssl.trainer import TrainError, train
+    from fastssl.trainer import train
 
     try:
         return train(cfg)

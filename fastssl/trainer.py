@@ -9,6 +9,8 @@ Run folder (``--out``; only rank 0 writes):
                   scaler, epoch and position inside it, global step, RNG states, config
   best.pt         the epoch with the lowest mean training loss so far
   eval.json       the final kNN accuracy (learned and random init)
+  viz/epoch_NNN.png  the method's picture of its task (methods with a visualize hook): before
+                  training (000) and after each epoch
 Checkpoints are written atomically (temp file + rename). ``--resume`` (a file, a run folder or
 ``auto``) continues exactly: the data loader re-creates the same epoch and skips the batches already
 done, so on CPU a run killed with SIGKILL and resumed ends with bit-identical weights to an
@@ -31,16 +33,13 @@ import torch
 import torch.distributed as dist
 
 from fastssl import checkpoint as ckpt_io
-from fastssl.methods import build_method
+from fastssl.errors import ConfigError, TrainError
+from fastssl.methods import Method, build_method
 from fastssl.models import to_channels_last
 from fastssl.optim import build_optimizer, build_scheduler, scaled_lr
 from fastssl.parallel import convert_global_bn, setup_distributed
 from fastssl.progress import Progress
-from fastssl.train import RUNTIME_KEYS, ConfigError
-
-
-class TrainError(RuntimeError):
-    """The run cannot go on (non-finite loss, incompatible resume, bad data size)."""
+from fastssl.train import RUNTIME_KEYS
 
 
 class _Stop:
@@ -232,8 +231,32 @@ class Trainer:
                                  "state": dict(self.state), "rng": ckpt_io.rng_state(), "config": self.cfg},
                                 self.out / name)
 
+    def visualize(self, epoch: int) -> None:
+        """The method's picture hook (rank 0): fixed images, eval mode, global RNG untouched."""
+        from fastssl.data import make_loader
+
+        m = self.method
+        if not self.d.is_main or type(m).visualize is Method.visualize:
+            return
+        src = self.val_src or self.train_src
+        n = min(m.viz_images, len(src))
+        loader = make_loader(src, m.viz_recipe or m.recipe, batch_size=n, epoch=0, seed=self.cfg["seed"],
+                             device=self.d.device, image_size=self.cfg["image_size"], num_threads=1,
+                             recipe_options=self.loader_args["recipe_options"] if m.viz_recipe is None else None)
+        views, labels = next(iter(loader))
+        was_training = m.training
+        with torch.random.fork_rng(devices=[self.d.device] if self.d.device.type == "cuda" else []), \
+                torch.no_grad():
+            m.eval()
+            try:
+                m.visualize(views, labels, self.out / "viz" / f"epoch_{epoch:03d}.png", epoch)
+            finally:
+                m.train(was_training)
+
     def run(self) -> int:
         try:
+            if self.state["global_step"] == 0:
+                self.visualize(0)
             with _Stop() as stop:
                 while self.state["epoch"] < self.cfg["epochs"]:
                     signum = self._epoch(stop)
@@ -328,6 +351,7 @@ class Trainer:
         self.save()
         if is_best:
             self.save("best.pt")
+        self.visualize(epoch + 1)
         return 0
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastssl.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
                     ".jp2", ".j2k")
 
@@ -58,10 +60,6 @@ _MAGIC = (
     (b"P5", "pnm"),
     (b"P6", "pnm"),
 )
-
-
-class DataError(ValueError):
-    """A dataset path or file that cannot be used; the message names the path."""
 
 
 def check_image_file(path: str | os.PathLike) -> str | None:

@@ -3,11 +3,22 @@
 A method declares the views it needs (a DALI recipe of fastssl.data.recipes and its options), builds
 its model (a backbone from fastssl.models plus its heads) and computes its loss from a batch of views.
 It never decodes images (DATA does) and never touches the optimizer (the trainer does).
+
+Hooks every method may override (the trainer calls them and never names a method):
+- ``add_args(parser)``: the method's own flags, validated where they are parsed (argparse ``type=``).
+- ``check_config(cfg)``: checks across flags (e.g. a contrastive method needs a global batch >= 2);
+  raise ``fastssl.errors.ConfigError`` with a one-line message naming the flag.
+- ``visualize(views, labels, path, epoch)``: a PNG of what the task sees and predicts, for a fixed set
+  of ``viz_images`` images (val split if any, else train) decoded with ``viz_recipe`` (default: the
+  method's own recipe) at a fixed seed. Called by rank 0 before the first step (epoch 0) and after
+  every epoch (epoch e+1), in eval mode under ``torch.no_grad()`` and with the global RNG state saved
+  and restored (so it never changes what training computes); write with ``fastssl.viz.save_grid``.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,6 +68,17 @@ class Method(nn.Module):
         self.cfg = cfg
         self.backbone = build_backbone(cfg["arch"], **backbone_kwargs(cfg["arch"], cfg["image_size"],
                                                                       cfg["width"]))
+
+    # What visualize() is fed: recipe name (None: ``recipe``) and number of images.
+    viz_recipe: str | None = None
+    viz_images: int = 8
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        """Raise fastssl.errors.ConfigError for a bad combination of flags (called after parsing)."""
+
+    def visualize(self, views: list[torch.Tensor], labels: torch.Tensor, path: Path, epoch: int) -> None:
+        """Write a PNG to ``path`` showing the task on ``views`` (see module doc). Default: nothing."""
 
     def recipe_options(self) -> dict:
         """Overrides of the recipe's defaults; ``--recipe-options`` is applied on top."""

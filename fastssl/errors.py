@@ -1,0 +1,25 @@
+"""The user-facing error types, in one module that the CLIs, the trainer and the data layer import.
+
+Each is printed by the command line as one line ``fastssl.<cli>: error: <message>`` with a non-zero exit
+(2 for a bad command line or config, 1 for a run that cannot go on). Keeping them here (and nowhere
+else) means ``python -m fastssl.train`` (where train.py runs as ``__main__``) catches the very class
+the trainer raises: no import cycle between a CLI and the engine.
+"""
+
+from __future__ import annotations
+
+
+class FastSSLError(Exception):
+    """Base of every error fastssl reports as one line to the user."""
+
+
+class ConfigError(FastSSLError, ValueError):
+    """A bad command line, config file or flag combination (exit 2, nothing written)."""
+
+
+class TrainError(FastSSLError, RuntimeError):
+    """The run cannot go on (non-finite loss, incompatible resume, bad data size)."""
+
+
+class DataError(FastSSLError, ValueError):
+    """A dataset path or file that cannot be used; the message names the path."""
