@@ -1,26 +1,61 @@
 """Bench helpers: time fastssl against the baseline a user would otherwise run, in the same run,
-report the ratio and the peak memory of each, and append a row to benches/results/<device>.csv.
+report the ratio and the peak memory of each, and append a row to ``<out>/<device>.csv``.
 
 Peak memory: CUDA -> torch.cuda.max_memory_allocated (reset before each call); CPU -> the process's
 peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS before the call. tracemalloc
 does not see torch's CPU allocations, RSS does.
+
+GPU timing (``bench_ms``): ``triton.testing.do_bench`` (warm-up, median of event-timed runs, L2 flushed
+before each run) over a rotation of freshly drawn input sets whose total size is at least twice the
+card's L2, so no run reads its inputs from a cache the previous one filled. Ceilings
+(``measure_ceilings``, also ``python benches/harness.py ceilings --out DIR``): a large device-to-device
+copy (GB/s, bytes read + bytes written) and a large bf16 matmul (TFLOP/s), measured on the card the
+check runs on; ``benches/summary.py`` reports each row's rate as a % of them.
+
+The contract of a GPU bench script ``benches/gpu_<name>.py`` (run by benches/gpu_check.sh, which
+picks up every file matching that glob):
+
+- it is a plain script (no pytest); ``python benches/gpu_<name>.py --out DIR`` writes its rows with
+  ``harness.append_row(row, out=DIR)`` (or ``perf_row(..., out=DIR)``), i.e. into ``DIR/<device>.csv``.
+  gpu_check.sh passes ``--out`` to every script whose source mentions ``"--out"``; for the others it
+  sets ``FASTSSL_BENCH_OUT=DIR``, which is the default ``out`` of ``append_row`` (without it:
+  benches/results/), so a script that does not take ``--out`` yet still lands in the check's folder;
+- it times with ``bench_ms`` and records rates through ``perf_row`` (``tflops`` or ``gbps`` columns), or
+  at least ``extra="tflops=...;"`` / ``"gbps=..."`` (the summary reads both);
+- it exits non-zero when it cannot measure what it promises (no CUDA device, a wrong result) and
+  prints ``OWED: <what>`` for a figure that cannot be measured in this tree yet (e.g. a method not
+  registered); it finishes in well under 2 minutes on one H200 (gpu_check.sh kills it after that);
+- ``--device cpu`` with tiny sizes is a smoke test of its logic (tests run it on a CPU).
+
+The commit recorded in each row: ``$FASTSSL_COMMIT`` (gpu_check.sh sets it), else the first word of
+``benches/COMMIT`` (write it before copying the tree to a machine without .git:
+``git rev-parse --short HEAD > benches/COMMIT``), else ``git rev-parse``, else "unknown".
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
 import gc
+import math
+import os
 import platform
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+COMMIT_FILE = Path(__file__).resolve().parent / "COMMIT"
+# New columns go at the end: append_row rewrites an older file's header (its rows keep their values).
 FIELDS = ["device", "date", "commit", "op", "shape", "impl", "ms", "baseline", "baseline_ms", "ratio",
-          "peak_mb", "baseline_peak_mb", "extra"]
+          "peak_mb", "baseline_peak_mb", "extra", "dtype", "tflops", "gbps"]
+CEILING_COPY = "ceiling_copy_d2d"      # op name of the measured copy rate row (gbps)
+CEILING_MATMUL = "ceiling_matmul"      # op name of the measured bf16 matmul rate row (tflops)
 
 
 def device_name(device: torch.device | str) -> str:
@@ -31,11 +66,21 @@ def device_name(device: torch.device | str) -> str:
 
 
 def git_commit() -> str:
+    """$FASTSSL_COMMIT, else the first word of benches/COMMIT, else `git rev-parse`, else "unknown"."""
+    if os.environ.get("FASTSSL_COMMIT", "").strip():
+        return os.environ["FASTSSL_COMMIT"].strip()
+    if COMMIT_FILE.is_file() and COMMIT_FILE.read_text().split():
+        return COMMIT_FILE.read_text().split()[0]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                        stderr=subprocess.DEVNULL, cwd=RESULTS.parent).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def default_out() -> Path:
+    """Where rows go when no ``out`` is given: $FASTSSL_BENCH_OUT (set by gpu_check.sh), else benches/results."""
+    return Path(os.environ["FASTSSL_BENCH_OUT"]) if os.environ.get("FASTSSL_BENCH_OUT") else RESULTS
 
 
 def sync(device: torch.device | str) -> None:
@@ -118,18 +163,186 @@ def compare(benchmark, op: str, shape: str, fn, baselines: dict, device="cpu", r
     return out
 
 
-def append_row(row: dict, device_label: str | None = None) -> Path:
-    """Append one row to benches/results/<device>.csv (header written once)."""
+def append_row(row: dict, device_label: str | None = None, out: str | Path | None = None) -> Path:
+    """Append one row to ``<out>/<device>.csv`` (header written once; an older file whose header lacks
+    some of FIELDS is rewritten with the full header first). ``out`` defaults to ``default_out()``."""
     row = {**row}
     row.setdefault("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     row.setdefault("commit", git_commit())
     label = (device_label or row["device"]).replace(" ", "_").replace("/", "_")
-    path = RESULTS / f"{label}.csv"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder = Path(out) if out is not None else default_out()
+    path = folder / f"{label}.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = list(FIELDS)
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old_fields, old_rows = list(reader.fieldnames or []), list(reader)
+        fields += [c for c in old_fields if c not in fields]
+        if old_fields != fields:
+            with path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows({k: r.get(k) or "" for k in fields} for r in old_rows)
     new = not path.exists()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
-        w.writerow({k: row.get(k, "") for k in FIELDS})
+        w.writerow({k: row.get(k, "") for k in fields})
     return path
+
+
+def read_rows(folder: str | Path) -> list[dict]:
+    """Every row of ``folder/*.csv`` (in file, then row order)."""
+    rows = []
+    for f in sorted(Path(folder).glob("*.csv")):
+        with f.open(newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+# --- GPU timing, ceilings and the standard perf row -------------------------------------------------
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def l2_bytes(device: torch.device | str) -> int:
+    """L2 cache size of a CUDA device in bytes (0 on CPU; 50 MiB if torch cannot say)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 * 2**20)
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def input_sets(make_inputs: Callable[[], Sequence], device: torch.device | str, l2_factor: float = 2.0,
+               max_sets: int = 64, memory_fraction: float = 0.25) -> list[Sequence]:
+    """Fresh input sets from ``make_inputs()`` (a tuple of args), as many as it takes for their total size
+    to reach ``l2_factor`` x the L2 cache (at least 2 on CUDA, 1 on CPU; at most ``max_sets`` and at
+    most ``memory_fraction`` of the free device memory)."""
+    device = torch.device(device)
+    first = tuple(make_inputs())
+    nbytes = max(sum(t.numel() * t.element_size() for t in _tensors(first)), 1)
+    if device.type != "cuda":
+        return [first]
+    want = max(2, math.ceil(l2_factor * l2_bytes(device) / nbytes))
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = max(1, int(memory_fraction * free // nbytes))
+    return [first] + [tuple(make_inputs()) for _ in range(min(want, max_sets, fit) - 1)]
+
+
+def bench_ms(fn: Callable, make_inputs: Callable[[], Sequence], device: torch.device | str,
+             warmup_ms: int = 25, rep_ms: int = 100, rounds_cpu: int = 5, l2_factor: float = 2.0,
+             max_sets: int = 64) -> float:
+    """Median time (ms) of ``fn(*inputs)``, each call on the next of ``input_sets(make_inputs, ...)``.
+
+    CUDA: ``triton.testing.do_bench(..., return_mode="median")`` (warm-up ``warmup_ms``, then runs for
+    about ``rep_ms``, L2 cleared before each, CUDA events). Leaf inputs that require grad get their
+    ``.grad`` reset to None before each run (so a forward+backward does not accumulate). CPU: the median
+    of ``rounds_cpu`` synchronized wall-clock runs (``time_ms``), for smoke tests.
+    """
+    device = torch.device(device)
+    sets = input_sets(make_inputs, device, l2_factor=l2_factor, max_sets=max_sets)
+    state = {"i": 0}
+
+    def call():
+        args = sets[state["i"] % len(sets)]
+        state["i"] += 1
+        return fn(*args)
+
+    if device.type != "cuda":
+        return time_ms(call, device, rounds_cpu, warmup=1)
+    import triton.testing
+
+    grads = [t for s in sets for t in _tensors(s) if t.requires_grad and t.is_leaf] or None
+    return float(triton.testing.do_bench(call, warmup=warmup_ms, rep=rep_ms, grad_to_none=grads,
+                                         return_mode="median"))
+
+
+def copy_ceiling_gbps(device: torch.device | str, nbytes: int | None = None) -> tuple[float, str]:
+    """Measured device-to-device copy rate in GB/s (1e9 bytes/s, bytes read + bytes written) of a
+    ``nbytes`` fp32 buffer (default: 2 GiB on CUDA, 16 MiB on CPU). Returns (GB/s, shape label)."""
+    device = torch.device(device)
+    nbytes = nbytes or (2 * 2**30 if device.type == "cuda" else 16 * 2**20)
+    n = nbytes // 4
+    ms = bench_ms(lambda src, dst: dst.copy_(src),
+                  lambda: (torch.randn(n, device=device), torch.empty(n, device=device)), device,
+                  max_sets=2)
+    return 2 * n * 4 / (ms * 1e-3) / 1e9, f"{n * 4 / 2**20:.0f}MiB"
+
+
+def matmul_ceiling_tflops(device: torch.device | str, size: int | None = None,
+                          dtype: torch.dtype = torch.bfloat16) -> tuple[float, str]:
+    """Measured dense matmul rate in TFLOP/s (2*n^3 per product) on random normal operands of n x n
+    (default n = 8192 on CUDA, 256 on CPU). Returns (TFLOP/s, shape label)."""
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 256)
+    ms = bench_ms(torch.matmul, lambda: (torch.randn(size, size, device=device, dtype=dtype),
+                                         torch.randn(size, size, device=device, dtype=dtype)), device,
+                  max_sets=4)
+    return 2.0 * size**3 / (ms * 1e-3) / 1e12, f"{size}x{size}x{size}"
+
+
+def measure_ceilings(device: torch.device | str = "cuda", out: str | Path | None = None,
+                     record: bool = True) -> dict:
+    """Measure both ceilings and record them as rows (ops CEILING_COPY and CEILING_MATMUL).
+    Returns {'gbps': float, 'tflops': float}."""
+    gbps, copy_shape = copy_ceiling_gbps(device)
+    tflops, mm_shape = matmul_ceiling_tflops(device)
+    if record:
+        name = device_name(device)
+        append_row(dict(device=name, op=CEILING_COPY, shape=copy_shape, impl="torch copy_", dtype="float32",
+                        gbps=f"{gbps:.1f}", extra="bytes read + bytes written"), out=out)
+        append_row(dict(device=name, op=CEILING_MATMUL, shape=mm_shape, impl="torch matmul", dtype="bfloat16",
+                        tflops=f"{tflops:.1f}", extra="random normal operands"), out=out)
+    return {"gbps": gbps, "tflops": tflops}
+
+
+def perf_row(op: str, shape: str, dtype: torch.dtype | str, ms: float, device: torch.device | str, *,
+             flops: float | None = None, nbytes: float | None = None, baseline: str = "",
+             baseline_ms: float | None = None, peak_mb: float | None = None,
+             baseline_peak_mb: float | None = None, extra: str = "", out: str | Path | None = None) -> dict:
+    """Append the standard row of one timed op: ``flops`` -> achieved TFLOP/s, ``nbytes`` (the fewest
+    bytes the op must move: inputs read once, outputs written once) -> achieved GB/s; ``ratio`` is
+    baseline_ms / ms (> 1: fastssl is faster). Returns the row."""
+    dtype = str(dtype).replace("torch.", "")
+    row = dict(device=device_name(device), op=op, shape=shape, impl="fastssl", dtype=dtype, ms=_fmt(ms),
+               baseline=baseline, baseline_ms=_fmt(baseline_ms),
+               ratio=_fmt(baseline_ms / ms if baseline_ms and ms > 0 else None),
+               peak_mb=_fmt(peak_mb, 1), baseline_peak_mb=_fmt(baseline_peak_mb, 1),
+               tflops=_fmt(flops / (ms * 1e-3) / 1e12 if flops else None, 2),
+               gbps=_fmt(nbytes / (ms * 1e-3) / 1e9 if nbytes else None, 1), extra=extra)
+    append_row(row, out=out)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benches/harness.py",
+                                description="ceilings: measure the copy GB/s and bf16 matmul TFLOP/s of a device")
+    p.add_argument("what", choices=["ceilings"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default=None, help="results folder (default: $FASTSSL_BENCH_OUT or benches/results)")
+    p.add_argument("--no-record", action="store_true", help="print only, append no rows")
+    args = p.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        print("harness.py: error: no CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 1
+    c = measure_ceilings(args.device, out=args.out, record=not args.no_record)
+    print(f"ceilings on {device_name(args.device)}: copy {c['gbps']:.0f} GB/s (read + write), "
+          f"matmul {c['tflops']:.1f} TFLOP/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,10 @@
-"""`python -m fastssl.info`: versions, what the extension was built with, which back end each op uses."""
+"""`python -m fastssl.info`: versions, what the extension was built with, which back end each op uses.
+
+Exit status: 0 when the extension fastssl._C was built and loaded (or ``--no-build``); 1 when it was NOT
+BUILT, with the reason on the last line (``fastssl.info: error: ...``). ``--require-cuda`` (used by
+benches/gpu_check.sh) also fails unless a CUDA device works, the extension's CUDA part was compiled,
+and the device's compute capability is among the archs it was compiled for.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,35 @@ def _version(module: str) -> str:
         return getattr(importlib.import_module(module), "__version__", "installed")
     except Exception as e:  # noqa: BLE001 - report, don't fail
         return f"not available ({type(e).__name__}: {e})"
+
+
+def _device_line() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none"
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"{torch.cuda.get_device_name(0)} (compute capability {major}.{minor})"
+
+
+def cuda_problems(build: dict) -> list[str]:
+    """Why the extension cannot serve this machine's CUDA device ([] when it can). ``build`` is
+    ``fastssl._ext.build_info()``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "torch is a CPU-only build" if not torch.version.cuda else "torch.cuda.is_available() is False"
+        return [f"no CUDA device ({why})"]
+    if not build.get("cuda"):
+        from fastssl import _build_config as cfg
+
+        return [f"the extension's CUDA part was not compiled ({cfg.build_cuda(torch.version.cuda)[1]})"]
+    major, minor = torch.cuda.get_device_capability(0)
+    archs = {a.removesuffix("+PTX") for a in str(build.get("cuda_archs", "")).split("/") if a}
+    if f"{major}.{minor}" not in archs:
+        return [f"the extension was compiled for archs {sorted(archs)}, not for this device's "
+                f"{major}.{minor} (set TORCH_CUDA_ARCH_LIST={major}.{minor})"]
+    return []
 
 
 def collect(build: bool = True) -> dict:
@@ -29,7 +64,7 @@ def collect(build: bool = True) -> dict:
         "torch CUDA": torch.version.cuda or "none (CPU build)",
         "triton": _version("triton"),
         "DALI": _version("nvidia.dali"),
-        "CUDA device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "CUDA device": _device_line(),
         "nvcc": cfg.find_nvcc() or "not found",
     }
     if build:
@@ -42,8 +77,11 @@ def collect(build: bool = True) -> dict:
             else:
                 parts = f"CPU only ({cfg.build_cuda(torch.version.cuda)[1]})"
             info["extension fastssl._C"] = "built: " + parts
+            info["_build"] = b
         except Exception as e:  # noqa: BLE001
             info["extension fastssl._C"] = f"NOT BUILT: {e}"
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            info["_error"] = f"the extension fastssl._C is NOT BUILT: {first}"
     backends = {}
     forced = forced_backend()
     # Each op module declares BACKENDS = {op_name: {"cpu": ..., "cuda": ...}}.
@@ -61,8 +99,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m fastssl.info", description=__doc__)
     p.add_argument("--no-build", action="store_true", help="don't build/load the extension")
+    p.add_argument("--require-cuda", action="store_true",
+                   help="exit 1 unless a CUDA device works and the extension's CUDA part was built for it")
     args = p.parse_args(argv)
+    if args.require_cuda and args.no_build:
+        p.error("--require-cuda needs the extension: drop --no-build")
     info = collect(build=not args.no_build)
+    problems = [info.pop("_error")] if "_error" in info else []
+    build = info.pop("_build", None)
+    if args.require_cuda and build is not None:
+        problems += cuda_problems(build)
     width = max(map(len, info))
     for key, value in info.items():
         if key == "ops":
@@ -71,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {op:<24} {where}")
         else:
             print(f"{key:<{width}}  {value}")
-    return 0
+    for problem in problems:
+        print(f"fastssl.info: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
