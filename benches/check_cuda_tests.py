@@ -40,8 +40,8 @@ def cuda_op_modules() -> dict[str, list[str]]:
     from fastssl import ops
 
     mods: dict[str, list[str]] = {}
-    for name in ops.__all__:
-        module = sys.modules[getattr(ops, name).__module__]
+    modules = {sys.modules[getattr(ops, name).__module__] for name in ops.__all__}
+    for module in sorted(modules, key=lambda m: m.__name__):
         for op, table in getattr(module, "BACKENDS", {}).items():
             if table.get("cuda"):
                 mods.setdefault(module.__name__.rsplit(".", 1)[-1], []).append(op)

@@ -100,7 +100,7 @@ main() {
     export FASTSSL_COMMIT=$commit
     echo "commit $FASTSSL_COMMIT"
 
-    step "imports from the tree (no pip install)"
+    step "imports from the tree (nothing is installed)"
     export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
     export PYTHONUNBUFFERED=1
     export TRITON_INTERPRET=0                       # compiled Triton on the GPU, not the interpreter
@@ -111,8 +111,16 @@ main() {
         ln -s ../kernels fastssl/kernels && echo "created the link fastssl/kernels -> ../kernels"
     fi
     run_capped 60 "$PY" -c '
-import sys, torch, triton, numpy, filelock, pytest
-import fastssl, fastssl.kernels, fastssl.ops, fastssl.models, fastssl.methods, fastssl.train
+import importlib, sys
+mods = ["torch", "triton", "numpy", "filelock", "pytest", "fastssl", "fastssl.kernels", "fastssl.ops",
+        "fastssl.models", "fastssl.methods", "fastssl.train"]
+for name in mods:
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        print(f"import {name} failed: {type(e).__name__}: {e}")
+        sys.exit(1)
+import fastssl, pytest, torch, triton
 print(f"python {sys.version.split()[0]} ({sys.executable}), torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"triton {triton.__version__}, pytest {pytest.__version__}; fastssl from {fastssl.__file__}")
 ' || stop "cannot import fastssl and its needs from the tree with $PY (the error is above); this check installs nothing"

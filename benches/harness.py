@@ -233,13 +233,21 @@ def input_sets(make_inputs: Callable[[], Sequence], device: torch.device | str, 
     most ``memory_fraction`` of the free device memory)."""
     device = torch.device(device)
     first = tuple(make_inputs())
-    nbytes = max(sum(t.numel() * t.element_size() for t in _tensors(first)), 1)
     if device.type != "cuda":
         return [first]
-    want = max(2, math.ceil(l2_factor * l2_bytes(device) / nbytes))
+    nbytes = sum(t.numel() * t.element_size() for t in _tensors(first))
     free, _ = torch.cuda.mem_get_info(device)
-    fit = max(1, int(memory_fraction * free // nbytes))
-    return [first] + [tuple(make_inputs()) for _ in range(min(want, max_sets, fit) - 1)]
+    n = n_input_sets(nbytes, l2_bytes(device), free, l2_factor, max_sets, memory_fraction)
+    return [first] + [tuple(make_inputs()) for _ in range(n - 1)]
+
+
+def n_input_sets(set_bytes: int, l2: int, free: int, l2_factor: float = 2.0, max_sets: int = 64,
+                 memory_fraction: float = 0.25) -> int:
+    """How many input sets of ``set_bytes`` to rotate through: enough to cover ``l2_factor`` x ``l2``
+    bytes, at least 2, at most ``max_sets``, and within ``memory_fraction`` of ``free`` bytes (>= 1)."""
+    want = max(2, math.ceil(l2_factor * l2 / max(set_bytes, 1)))
+    fit = max(1, int(memory_fraction * free // max(set_bytes, 1)))
+    return max(1, min(want, max_sets, fit))
 
 
 def bench_ms(fn: Callable, make_inputs: Callable[[], Sequence], device: torch.device | str,

@@ -1,0 +1,295 @@
+"""The GPU check (benches/gpu_check.sh) and its parts, on a machine without a usable GPU: it must fail
+with a clear message (never a traceback, never a pass), and each part it relies on must judge right.
+
+The GPU is hidden with CUDA_VISIBLE_DEVICES="" where it matters, so these tests mean the same on a
+CUDA machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHES = ROOT / "benches"
+sys.path.insert(0, str(BENCHES))
+
+import check_cuda_tests  # noqa: E402
+import harness  # noqa: E402
+import summary  # noqa: E402
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "FASTSSL_COMMIT", "FASTSSL_BENCH_OUT")}
+    return {**env, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, **extra}
+
+
+def _run_check(tmp_path: Path, *args: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(BENCHES / "gpu_check.sh"), *args], cwd=tmp_path, env=_env(**env),
+                          capture_output=True, text=True, timeout=300)
+
+
+# --- the script -------------------------------------------------------------------------------------
+
+def test_gpu_check_without_a_gpu_fails_with_a_clear_message(tmp_path):
+    res, out_dir = tmp_path / "res", tmp_path / "device_out"
+    out_dir.mkdir()
+    p = _run_check(tmp_path, "res", "abc1234", CUDA_VISIBLE_DEVICES="", OUT=str(out_dir))
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    assert "no CUDA device: torch.cuda.is_available() is False" in out
+    assert "Traceback" not in out and "GPU CHECK PASSED" not in out
+    assert out.rstrip().splitlines()[-1].startswith("GPU CHECK FAILED (1 failure(s)"), out
+    assert "commit abc1234" in out
+    log = (res / "gpu_check.log").read_text()
+    assert "GPU CHECK FAILED" in log and "no CUDA device" in log
+    assert (out_dir / "gpu_check.log").read_text() == log  # the device tool brings back $OUT only
+
+
+def test_gpu_check_needs_a_results_folder(tmp_path):
+    p = _run_check(tmp_path)
+    assert p.returncode == 2 and "usage: bash benches/gpu_check.sh RESULTS_DIR [COMMIT]" in p.stderr
+
+
+def test_gpu_check_stops_when_the_tree_cannot_be_imported(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('this torch is broken on purpose')\n")
+    p = _run_check(tmp_path, "res", "abc1234", PYTHONPATH=str(fake))
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    assert "import torch failed: ImportError: this torch is broken on purpose" in out
+    assert "cannot import fastssl and its needs" in out
+    assert "Traceback" not in out and "GPU CHECK PASSED" not in out
+    assert "=== CUDA device" not in out  # stopped before
+
+
+def test_the_check_pins_the_arch_of_the_card_and_runs_the_extension_tests_unfiltered():
+    script = (BENCHES / "gpu_check.sh").read_text()
+    assert re.search(r"^\s*export TORCH_CUDA_ARCH_LIST=\$arch\b", script, re.M)
+    assert "fastssl.info --require-cuda" in script
+    assert re.search(r'-m "not slow" tests/test_extension.py', script)
+    assert not re.search(r"^[^#\n]*pip install", script, re.M)  # works from the copied tree as it is
+
+
+# --- python -m fastssl.info ---------------------------------------------------------------------------
+
+def _info(*args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastssl.info", *args], env=_env(**env), capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_info_exits_nonzero_when_the_extension_is_not_built(tmp_path):
+    p = _info(CXX="no-such-compiler-xyz", FASTSSL_FORCE_JIT="1", FASTSSL_CACHE=str(tmp_path))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "NOT BUILT" in p.stdout
+    assert p.stderr.rstrip().splitlines()[-1].startswith(
+        "fastssl.info: error: the extension fastssl._C is NOT BUILT: fastssl: no C++ compiler found")
+    assert "Traceback" not in p.stderr
+
+
+def test_info_require_cuda_fails_without_a_device(monkeypatch, capsys):
+    from fastssl import info
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert info.main(["--require-cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.rstrip().splitlines()[-1].startswith("fastssl.info: error: no CUDA device")
+
+
+def test_info_cuda_problems_name_a_missing_cuda_part_and_a_wrong_arch(monkeypatch):
+    from fastssl import info
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (8, 6))
+    assert info.cuda_problems({"cuda": True, "cuda_archs": "8.6"}) == []
+    assert info.cuda_problems({"cuda": True, "cuda_archs": "8.0/8.6+PTX"}) == []
+    (wrong,) = info.cuda_problems({"cuda": True, "cuda_archs": "8.0/9.0"})
+    assert "not for this device's 8.6" in wrong and "TORCH_CUDA_ARCH_LIST=8.6" in wrong
+    (no_cuda,) = info.cuda_problems({"cuda": False, "cuda_archs": "none"})
+    assert "CUDA part was not compiled" in no_cuda
+
+
+# --- judging the CUDA test reports --------------------------------------------------------------------
+
+def _case(classname: str, name: str, outcome: str = "passed") -> dict:
+    return {"classname": classname, "name": name, "outcome": outcome, "message": "why"}
+
+
+OPS = {"nt_xent": ["nt_xent", "info_nce"], "jigsaw_permutations": ["jigsaw_permutations"]}
+
+
+def test_reports_pass_only_when_every_cuda_op_has_a_passed_test_and_nothing_skipped():
+    good = [_case("tests.ops.test_nt_xent", "test_grad[cuda-bf16]"),
+            _case("tests.ops.test_jigsaw_permutations", "test_cuda_kernel_matches_cpu[maxmin]")]
+    assert check_cuda_tests.problems(good, OPS) == []
+    skipped = good + [_case("tests.models.test_models", "test_x[cuda]", "skipped")]
+    assert check_cuda_tests.problems(skipped, OPS) == ["SKIPPED: tests.models.test_models::test_x[cuda]  why"]
+    failed = good + [_case("tests.ops.test_nt_xent", "test_y[cuda]", "failed")]
+    assert check_cuda_tests.problems(failed, OPS) == ["FAILED: tests.ops.test_nt_xent::test_y[cuda]  why"]
+    missing = check_cuda_tests.problems(good[:1], OPS)
+    assert len(missing) == 1 and missing[0].startswith("NO CUDA TEST: fastssl.ops.jigsaw_permutations")
+    # A passed test named after the op counts wherever it lives; a skipped one does not.
+    elsewhere = good[:1] + [_case("tests.ops.test_other", "test_jigsaw_permutations_cuda")]
+    assert check_cuda_tests.problems(elsewhere, OPS) == []
+    assert check_cuda_tests.problems([], OPS)[0] == "no test ran (an empty CUDA run proves nothing)"
+
+
+def test_the_ops_with_a_cuda_back_end_are_found():
+    mods = check_cuda_tests.cuda_op_modules()
+    assert "nt_xent" in mods["nt_xent"] and "info_nce" in mods["nt_xent"]
+    assert mods["jigsaw_permutations"] == ["jigsaw_permutations"]
+
+
+def test_a_real_pytest_report_with_a_skip_is_a_failure(tmp_path):
+    (tmp_path / "test_tiny.py").write_text(textwrap.dedent("""
+        import pytest
+        def test_ok():
+            assert 1 + 1 == 2
+        def test_skip():
+            pytest.skip("needs a CUDA device")
+    """))
+    xml = tmp_path / "report.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_tiny.py"),
+                    f"--junitxml={xml}", "-o", "addopts="], cwd=tmp_path, capture_output=True, timeout=120)
+    cases = check_cuda_tests.read_junit(xml)
+    assert sorted((c["name"], c["outcome"]) for c in cases) == [("test_ok", "passed"), ("test_skip", "skipped")]
+    p = subprocess.run([sys.executable, str(BENCHES / "check_cuda_tests.py"), str(xml), "--no-op-coverage"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert p.returncode == 1 and "1 passed, 0 failed, 0 error, 1 skipped" in p.stdout
+    assert "SKIPPED: test_tiny::test_skip  needs a CUDA device" in p.stdout
+    p = subprocess.run([sys.executable, str(BENCHES / "check_cuda_tests.py"), str(tmp_path / "absent.xml")],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert p.returncode == 1 and "no report" in p.stdout and "Traceback" not in p.stderr
+
+
+# --- without DALI (the GPU machine has none) ---------------------------------------------------------
+
+_NO_DALI = "import sys; sys.modules['nvidia.dali'] = None\n"
+
+
+def test_the_check_imports_work_without_dali():
+    code = _NO_DALI + "import fastssl.ops, fastssl.models, fastssl.methods, fastssl.train, fastssl.kernels\n"
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.slow
+def test_cuda_tests_collect_without_dali_with_the_checks_ignores():
+    script = (BENCHES / "gpu_check.sh").read_text()
+    dirs = re.search(r"for d in ([^;]+); do ignore\+=", script).group(1).split()
+    code = _NO_DALI + textwrap.dedent(f"""
+        import pytest
+        sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests",
+                              *[f"--ignore={{d}}" for d in {dirs!r}]]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert re.search(r"\b\d+/\d+ tests collected", p.stdout), p.stdout[-500:]
+
+
+# --- harness: rows, commit, timing helpers, ceilings; the summary table --------------------------------
+
+def test_append_row_writes_to_out_and_upgrades_an_old_header(tmp_path, monkeypatch):
+    old_fields = harness.FIELDS[:13]
+    path = tmp_path / "dev.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_fields)
+        w.writeheader()
+        w.writerow({k: "" for k in old_fields} | {"device": "dev", "op": "old_op", "ms": "1.5"})
+    monkeypatch.setenv("FASTSSL_COMMIT", "feed123")
+    harness.append_row({"device": "dev", "op": "new_op", "ms": "2.0", "tflops": "3.0"}, out=tmp_path)
+    rows = harness.read_rows(tmp_path)
+    assert [(r["op"], r["ms"], r["tflops"]) for r in rows] == [("old_op", "1.5", ""), ("new_op", "2.0", "3.0")]
+    assert rows[1]["commit"] == "feed123"
+    monkeypatch.setenv("FASTSSL_BENCH_OUT", str(tmp_path / "env_out"))
+    assert harness.append_row({"device": "dev 2", "op": "x"}) == tmp_path / "env_out" / "dev_2.csv"
+
+
+def test_commit_comes_from_env_then_the_commit_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTSSL_COMMIT", " abc1234 ")
+    assert harness.git_commit() == "abc1234"
+    monkeypatch.delenv("FASTSSL_COMMIT")
+    (tmp_path / "COMMIT").write_text("0badc0de-dirty\nwritten before the copy\n")
+    monkeypatch.setattr(harness, "COMMIT_FILE", tmp_path / "COMMIT")
+    assert harness.git_commit() == "0badc0de-dirty"
+
+
+def test_input_sets_cover_twice_the_l2_within_memory():
+    mib = 2**20
+    assert harness.n_input_sets(10 * mib, l2=50 * mib, free=80 * 2**30) == 10
+    assert harness.n_input_sets(1 * mib, l2=50 * mib, free=80 * 2**30) == 64          # capped
+    assert harness.n_input_sets(4 * 2**30, l2=50 * mib, free=80 * 2**30) == 2         # at least 2
+    assert harness.n_input_sets(30 * 2**30, l2=50 * mib, free=80 * 2**30) == 1        # memory first
+
+
+def test_bench_ms_and_ceilings_on_cpu(tmp_path):
+    calls = []
+    ms = harness.bench_ms(lambda a, b: calls.append((a, b)) or a @ b, lambda: (torch.randn(64, 64),
+                                                                             torch.randn(64, 64)), "cpu")
+    assert ms > 0 and len(calls) >= 6
+    c = harness.measure_ceilings("cpu", out=tmp_path)
+    assert c["gbps"] > 0 and c["tflops"] > 0
+    rows = harness.read_rows(tmp_path)
+    assert [r["op"] for r in rows] == [harness.CEILING_COPY, harness.CEILING_MATMUL]
+    assert float(rows[0]["gbps"]) == pytest.approx(c["gbps"], abs=0.051)
+
+
+def test_summary_rates_are_a_percentage_of_the_measured_ceilings(tmp_path):
+    dev = "NVIDIA H200"
+    rows = [
+        dict(device=dev, date="d1", op=harness.CEILING_MATMUL, tflops="800.0"),
+        dict(device=dev, date="d1", op=harness.CEILING_COPY, gbps="4000.0"),
+        dict(device=dev, date="d2", op="nt_xent_fwd_bwd", shape="N=4096", ms="2.000", ratio="3.500",
+             baseline="naive", baseline_ms="7.000", peak_mb="12.3", extra="tflops=200.0;pct_of_ceiling=30.0"),
+        dict(device=dev, date="d2", op="mae_unshuffle", gbps="1000.0", ms="0.1"),
+        dict(device=dev, date="d3", op="train_simclr_resnet50", ms="150.0", peak_mb="30000.0",
+             extra="images_per_s=1707;median step"),
+    ]
+    cells = {r["op"]: r for r in summary.table_rows(rows)}
+    assert cells[harness.CEILING_MATMUL]["%ceil"] == "100.0"
+    nt = cells["nt_xent_fwd_bwd"]
+    assert (nt["rate"], nt["%ceil"], nt["speed-up"], nt["peak MB"]) == ("200.0 TFLOP/s", "25.0", "3.50x", "12")
+    assert cells["mae_unshuffle"]["%ceil"] == "25.0"
+    assert cells["train_simclr_resnet50"]["note"] == "1707 images/s"
+    # Without ceiling rows the recorded percentage is shown as recorded.
+    assert summary.table_rows(rows[2:3])[0]["%ceil"] == "30.0"
+    text = summary.render(rows)
+    assert text.splitlines()[0].startswith("NVIDIA H200") and "% " not in text.splitlines()[1]
+
+
+# --- the training bench --------------------------------------------------------------------------------
+
+def test_gpu_train_rows_for_registered_methods_and_owed_for_the_others(tmp_path, capsys):
+    import gpu_train
+
+    from fastssl.methods import METHODS
+
+    assert gpu_train.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--out",
+                           str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = {r["op"]: r for r in harness.read_rows(tmp_path)}
+    for name, target in gpu_train.TARGETS.items():
+        if name in METHODS:
+            (op,) = [op for op in rows if op.startswith(f"train_{name}_")]
+            assert float(rows[op]["ms"]) > 0 and "images_per_s=" in rows[op]["extra"]
+        else:
+            assert f"OWED: {name} training row ({target['arch']}, {target['image_size']} px)" in out
+    assert "simclr" in METHODS and any(op.startswith("train_simclr_resnet18") for op in rows)
+
+
+def test_gpu_train_without_a_gpu_is_an_error(monkeypatch, capsys):
+    import gpu_train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_train.main([]) == 1
+    assert "gpu_train.py: error: no CUDA device" in capsys.readouterr().err
