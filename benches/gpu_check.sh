@@ -23,6 +23,10 @@
 #
 # Each GPU bench benches/gpu_*.py follows the contract in benches/harness.py's docstring: it gets
 # `--out RESULTS_DIR` if its source mentions "--out", and FASTSSL_BENCH_OUT=RESULTS_DIR in any case.
+#
+# GPU_CHECK_SMOKE=1 (tests/test_gpu_check.py, on a CPU): run every step even without a GPU, to test
+# the script's wiring; such a run always ends in GPU CHECK FAILED. There, GPU_CHECK_TESTS (default
+# "tests") and GPU_CHECK_BENCHES (default "benches/gpu_*.py") narrow what runs.
 set -uo pipefail
 
 usage() { echo "usage: bash benches/gpu_check.sh RESULTS_DIR [COMMIT]" >&2; exit 2; }
@@ -35,6 +39,7 @@ LOG=$RES/gpu_check.log
 : > "$LOG"
 
 PY=${PYTHON:-python3}
+SMOKE=${GPU_CHECK_SMOKE:-0}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 RESERVE=15                                   # seconds kept for the table at the end
 T0=$SECONDS
@@ -146,17 +151,22 @@ print(f"ARCH={p.major}.{p.minor}")
 ' 2>&1)
     local rc=$?
     echo "$probe"
-    if (( rc != 0 )); then
+    local require_cuda=(--require-cuda) device=cuda
+    if (( rc != 0 )) && [[ $SMOKE == 1 ]]; then
+        fail_step "SMOKE RUN (GPU_CHECK_SMOKE=1): $(echo "$probe" | head -1); the GPU steps run on the CPU, this is no GPU check"
+        require_cuda=() device=cpu
+    elif (( rc != 0 )); then
         command -v nvidia-smi > /dev/null && nvidia-smi -L 2>&1 | head -3
         stop "$(echo "$probe" | grep -m1 -E 'no CUDA device|wrong|Error' || echo 'the CUDA device probe failed (see above)')"
+    else
+        local arch
+        arch=$(echo "$probe" | sed -n 's/^ARCH=//p')
+        export TORCH_CUDA_ARCH_LIST=$arch           # build for the card present (and only for it)
+        echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
     fi
-    local arch
-    arch=$(echo "$probe" | sed -n 's/^ARCH=//p')
-    export TORCH_CUDA_ARCH_LIST=$arch               # build for the card present (and only for it)
-    echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
 
-    step "build the extension + python -m fastssl.info --require-cuda"
-    run_capped 240 "$PY" -m fastssl.info --require-cuda \
+    step "build the extension + python -m fastssl.info ${require_cuda[*]+"${require_cuda[*]}"}"
+    run_capped 240 "$PY" -m fastssl.info ${require_cuda[@]+"${require_cuda[@]}"} \
         || stop "the extension fastssl._C is not built for this card (the reason is above)"
 
     step "CUDA tests (a skipped test is a failure here)"
@@ -167,7 +177,9 @@ print(f"ARCH={p.major}.{p.minor}")
         OWED+=("CUDA tests under tests/data and tests/engine (nvidia.dali is not installed on this machine)")
     fi
     rm -f "$RES"/pytest_*.xml
-    run_capped 240 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda tests ${ignore[@]+"${ignore[@]}"} \
+    # shellcheck disable=SC2086  # GPU_CHECK_TESTS is a list of paths
+    run_capped 240 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda ${GPU_CHECK_TESTS:-tests} \
+        ${ignore[@]+"${ignore[@]}"} \
         --junitxml="$RES/pytest_cuda.xml" || fail_step "pytest -m cuda tests (exit $?)"
     # -m cuda would deselect these: the build test asserts the CUDA part compiled for TORCH_CUDA_ARCH_LIST.
     run_capped 120 "$PY" -m pytest -q -rs -p no:cacheprovider -m "not slow" tests/test_extension.py \
@@ -176,13 +188,15 @@ print(f"ARCH={p.major}.{p.minor}")
         || fail_step "CUDA test reports (skips, failures or ops without a CUDA test: listed above)"
 
     step "ceilings: device-to-device copy (GB/s) and bf16 matmul (TFLOP/s)"
-    run_capped 90 "$PY" benches/harness.py ceilings --out "$RES" || fail_step "measuring the ceilings"
+    run_capped 90 "$PY" benches/harness.py ceilings --device "$device" --out "$RES" \
+        || fail_step "measuring the ceilings"
 
     step "GPU benches"
     local b args out_file brc has_dali=1
     "$PY" -c "import nvidia.dali" 2> /dev/null || has_dali=0
     out_file=$(mktemp)
-    for b in benches/gpu_*.py; do
+    # shellcheck disable=SC2086  # GPU_CHECK_BENCHES is a glob
+    for b in ${GPU_CHECK_BENCHES:-benches/gpu_*.py}; do
         [[ -e $b ]] || continue
         if [[ $b == benches/gpu_data.py && $has_dali == 0 ]]; then
             OWED+=("$b: the GPU data pipeline rows (nvidia.dali is not installed on this machine)")

@@ -311,9 +311,9 @@ def measure_ceilings(device: torch.device | str = "cuda", out: str | Path | None
     if record:
         name = device_name(device)
         append_row(dict(device=name, op=CEILING_COPY, shape=copy_shape, impl="torch copy_", dtype="float32",
-                        gbps=f"{gbps:.1f}", extra="bytes read + bytes written"), out=out)
+                        gbps=f"{gbps:.5g}", extra="bytes read + bytes written"), out=out)
         append_row(dict(device=name, op=CEILING_MATMUL, shape=mm_shape, impl="torch matmul", dtype="bfloat16",
-                        tflops=f"{tflops:.1f}", extra="random normal operands"), out=out)
+                        tflops=f"{tflops:.4g}", extra="random normal operands"), out=out)
     return {"gbps": gbps, "tflops": tflops}
 
 
@@ -329,8 +329,8 @@ def perf_row(op: str, shape: str, dtype: torch.dtype | str, ms: float, device: t
                baseline=baseline, baseline_ms=_fmt(baseline_ms),
                ratio=_fmt(baseline_ms / ms if baseline_ms and ms > 0 else None),
                peak_mb=_fmt(peak_mb, 1), baseline_peak_mb=_fmt(baseline_peak_mb, 1),
-               tflops=_fmt(flops / (ms * 1e-3) / 1e12 if flops else None, 2),
-               gbps=_fmt(nbytes / (ms * 1e-3) / 1e9 if nbytes else None, 1), extra=extra)
+               tflops=f"{flops / (ms * 1e-3) / 1e12:.4g}" if flops else "",
+               gbps=f"{nbytes / (ms * 1e-3) / 1e9:.5g}" if nbytes else "", extra=extra)
     append_row(row, out=out)
     return row
 

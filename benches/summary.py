@@ -38,14 +38,18 @@ def _num(text: str | None) -> float | None:
     return None if x != x else x  # NaN -> None
 
 
+def _first(*xs: float | None) -> float | None:
+    return next((x for x in xs if x is not None), None)
+
+
 def ceilings(rows: list[dict]) -> dict:
     """{device: {'tflops': float, 'gbps': float}} from the latest ceiling rows of each device."""
     out: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: r.get("date", "")):
         dev = out.setdefault(r.get("device", ""), {})
-        if r.get("op") == CEILING_MATMUL and _num(r.get("tflops")):
+        if r.get("op") == CEILING_MATMUL and (_num(r.get("tflops")) or 0) > 0:
             dev["tflops"] = _num(r["tflops"])
-        if r.get("op") == CEILING_COPY and _num(r.get("gbps")):
+        if r.get("op") == CEILING_COPY and (_num(r.get("gbps")) or 0) > 0:
             dev["gbps"] = _num(r["gbps"])
     return out
 
@@ -55,14 +59,14 @@ def table_rows(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         c = ceil.get(r.get("device", ""), {})
-        tflops = _num(r.get("tflops")) or _num(_extra(r, "tflops"))
-        gbps = _num(r.get("gbps")) or _num(_extra(r, "gbps"))
+        tflops = _first(_num(r.get("tflops")), _num(_extra(r, "tflops")))
+        gbps = _first(_num(r.get("gbps")), _num(_extra(r, "gbps")))
         rate, pct = "", ""
         if tflops is not None:
-            rate = f"{tflops:.1f} TFLOP/s"
+            rate = f"{tflops:.4g} TFLOP/s"
             pct = f"{100 * tflops / c['tflops']:.1f}" if c.get("tflops") else _extra(r, "pct_of_ceiling")
         elif gbps is not None:
-            rate = f"{gbps:.0f} GB/s"
+            rate = f"{gbps:.5g} GB/s"
             pct = f"{100 * gbps / c['gbps']:.1f}" if c.get("gbps") else _extra(r, "pct_of_ceiling")
         ratio = _num(r.get("ratio"))
         note = r.get("extra") or ""

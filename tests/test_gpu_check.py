@@ -54,6 +54,49 @@ def test_gpu_check_without_a_gpu_fails_with_a_clear_message(tmp_path):
     assert (out_dir / "gpu_check.log").read_text() == log  # the device tool brings back $OUT only
 
 
+_FAKE_BENCH = """
+import argparse, sys
+sys.path.insert(0, {benches!r})
+import harness
+ap = argparse.ArgumentParser()
+{out_arg}
+args = ap.parse_args()
+harness.perf_row("{op}", "n=8", "float32", 2.0, "cpu", flops=4e9, out={out_expr})
+print("OWED: {op} on a real card")
+"""
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_run_wires_every_step_and_still_fails(tmp_path):
+    """GPU_CHECK_SMOKE=1 runs the steps after the GPU probe on the CPU: tests + reports, ceilings, benches
+    (with and without --out), the table; skipped CUDA tests and the missing GPU make it fail."""
+    for name, out_arg, out_expr in (("gpu_fake_out", 'ap.add_argument("--out")', "args.out"),
+                                    ("gpu_fake_env", "", "None")):
+        (tmp_path / f"{name}.py").write_text(_FAKE_BENCH.format(benches=str(BENCHES), out_arg=out_arg,
+                                                                op=name, out_expr=out_expr))
+    from fastssl import _ext
+
+    p = _run_check(tmp_path, "res", "abc1234", CUDA_VISIBLE_DEVICES="", GPU_CHECK_SMOKE="1",
+                   FASTSSL_CACHE=str(_ext.cache_dir()),  # the extension this session already built
+                   GPU_CHECK_TESTS="tests/ops/test_jigsaw_permutations.py",
+                   GPU_CHECK_BENCHES=f"{tmp_path}/gpu_fake_*.py {BENCHES}/gpu_train.py")
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    lines = out.rstrip().splitlines()
+    assert lines[-1].startswith("GPU CHECK FAILED ("), out[-3000:]
+    assert "SMOKE RUN (GPU_CHECK_SMOKE=1): no CUDA device" in out
+    assert re.search(r"^SKIPPED: tests\.ops\.test_jigsaw_permutations::test_cuda_kernel_matches_cpu", out, re.M), out
+    assert re.search(r"^FAILED: .*benches/gpu_train.py \(exit 1\)$", out, re.M), out[-3000:]
+    for name in ("gpu_fake_out", "gpu_fake_env"):
+        assert re.search(rf"^OWED: .*{name}.py: {name} on a real card$", out, re.M), out[-3000:]
+    res = tmp_path / "res"
+    assert (res / "pytest_cuda.xml").is_file() and (res / "pytest_extension.xml").is_file()
+    ops = [r["op"] for r in harness.read_rows(res)]
+    assert ops == [harness.CEILING_COPY, harness.CEILING_MATMUL, "gpu_fake_env", "gpu_fake_out"]
+    table = (res / "table.txt").read_text()
+    assert "gpu_fake_out" in table and "2 TFLOP/s" in table and "Traceback" not in out
+
+
 def test_gpu_check_needs_a_results_folder(tmp_path):
     p = _run_check(tmp_path)
     assert p.returncode == 2 and "usage: bash benches/gpu_check.sh RESULTS_DIR [COMMIT]" in p.stderr
@@ -258,7 +301,7 @@ def test_summary_rates_are_a_percentage_of_the_measured_ceilings(tmp_path):
     cells = {r["op"]: r for r in summary.table_rows(rows)}
     assert cells[harness.CEILING_MATMUL]["%ceil"] == "100.0"
     nt = cells["nt_xent_fwd_bwd"]
-    assert (nt["rate"], nt["%ceil"], nt["speed-up"], nt["peak MB"]) == ("200.0 TFLOP/s", "25.0", "3.50x", "12")
+    assert (nt["rate"], nt["%ceil"], nt["speed-up"], nt["peak MB"]) == ("200 TFLOP/s", "25.0", "3.50x", "12")
     assert cells["mae_unshuffle"]["%ceil"] == "25.0"
     assert cells["train_simclr_resnet50"]["note"] == "1707 images/s"
     # Without ceiling rows the recorded percentage is shown as recorded.
