@@ -66,7 +66,7 @@ run_capped() {
     return $rc
 }
 
-finish() {  # print the table (if any rows), what is owed, the failures and the verdict; copy results
+finish() {  # print the table (if any rows), what is owed, the failures and the verdict
     local verdict
     step "table ($RES)"
     if compgen -G "$RES/*.csv" > /dev/null; then
@@ -95,12 +95,14 @@ stop() {  # a failure after which nothing else can be checked
 }
 
 main() {
-    echo "gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), tree $ROOT, results $RES"
+    echo "gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) on ${HOSTNAME:-?}, tree $ROOT, results $RES"
 
     step "commit"
     local commit=${COMMIT_ARG:-${FASTSSL_COMMIT:-}}
     if [[ -z $commit && -s benches/COMMIT ]]; then commit=$(awk 'NR==1{print $1}' benches/COMMIT); fi
-    if [[ -z $commit ]]; then commit=$(git rev-parse --short HEAD 2>/dev/null); fi
+    if [[ -z $commit ]] && commit=$(git rev-parse --short HEAD 2> /dev/null); then
+        git diff --quiet HEAD 2> /dev/null || commit=$commit-dirty    # uncommitted changes were checked
+    fi
     [[ -n $commit ]] || stop "no commit to record: pass it as the 2nd argument, or write it before copying the tree (git rev-parse --short HEAD > benches/COMMIT)"
     export FASTSSL_COMMIT=$commit
     echo "commit $FASTSSL_COMMIT"
