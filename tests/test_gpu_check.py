@@ -336,3 +336,12 @@ def test_gpu_train_without_a_gpu_is_an_error(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_train.main([]) == 1
     assert "gpu_train.py: error: no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_jigsaw_bench_smoke_on_cpu(tmp_path, capsys):
+    import gpu_jigsaw_permutations
+
+    assert gpu_jigsaw_permutations.main(["--device", "cpu", "--k", "20", "--n", "5", "--out", str(tmp_path)]) == 0
+    (row,) = harness.read_rows(tmp_path)
+    assert row["op"] == "jigsaw_permutations" and row["shape"] == "k=20,n=5,maxmin"
+    assert float(row["ms"]) > 0 and float(row["baseline_ms"]) > 0 and row["baseline"] == "cpu_cxx_kernel"
