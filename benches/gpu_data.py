@@ -2,7 +2,9 @@
 pipeline on a folder of ~500x375 JPEGs, against the CPU pipeline in the same run; appends a row to
 benches/results/<gpu>.csv through harness.append_row. Needs CUDA; importing it does nothing.
 
-    python benches/gpu_data.py [--images 1024] [--batch 128] [--size 224] [--threads 4] [--epochs 3]
+    python benches/gpu_data.py [--images 1024] [--batch 128] [--size 224] [--threads 4] [--epochs 3] [--out DIR]
+
+Needs nvidia.dali: benches/gpu_check.sh lists this bench as OWED on a machine without it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--out", default=None, help="results folder (default: $FASTSSL_BENCH_OUT or benches/results)")
     args = p.parse_args(argv)
 
     import harness
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     harness.append_row(dict(device=harness.device_name("cuda"), op="data_simclr_2view_mixed", shape=shape,
                             impl="fastssl", ms=f"{ms:.3f}", baseline=f"dali_cpu_{args.threads}t",
                             baseline_ms=f"{cpu_ms:.3f}", ratio=f"{gpu / cpu:.3f}",
-                            extra=f"ms per batch; images/s gpu={gpu:.0f} cpu={cpu:.0f}"))
+                            extra=f"ms per batch; images/s gpu={gpu:.0f} cpu={cpu:.0f}"), out=args.out)
     print(f"data simclr 2-view {shape}: mixed {gpu:.0f} images/s | cpu ({args.threads} threads) {cpu:.0f} "
           f"images/s | {gpu / cpu:.1f}x")
     return 0
