@@ -27,6 +27,15 @@ picks up every file matching that glob):
   registered); it finishes in well under 2 minutes on one H200 (gpu_check.sh kills it after that);
 - ``--device cpu`` with tiny sizes is a smoke test of its logic (tests run it on a CPU).
 
+A typical op row (``x`` fresh per input set; leaf inputs with ``requires_grad`` get ``.grad`` reset)::
+
+    make = lambda: (torch.randn(n, d, device=dev, dtype=torch.bfloat16, requires_grad=True),)
+    ms = harness.bench_ms(lambda x: op(x).sum().backward(), make, dev)
+    base_ms = harness.bench_ms(lambda x: op_ref(x).sum().backward(), make, dev)
+    harness.perf_row("op_fwd_bwd", f"n={n},d={d}", torch.bfloat16, ms, dev, nbytes=3 * n * d * 2,
+                     baseline="op_ref", baseline_ms=base_ms,
+                     peak_mb=harness.peak_memory_mb(lambda: op(*make()).sum().backward(), dev), out=args.out)
+
 The commit recorded in each row: ``$FASTSSL_COMMIT`` (gpu_check.sh sets it), else the first word of
 ``benches/COMMIT`` (write it before copying the tree to a machine without .git:
 ``git rev-parse --short HEAD > benches/COMMIT``), else ``git rev-parse``, else "unknown".
