@@ -134,23 +134,7 @@ print(f"python {sys.version.split()[0]} ({sys.executable}), torch {torch.__versi
 
     step "CUDA device"
     local probe
-    probe=$(run_capped 60 "$PY" -c '
-import os, sys, torch
-if not torch.cuda.is_available():
-    why = "torch is a CPU-only build" if not torch.version.cuda else (
-        "torch.cuda.is_available() is False (CUDA_VISIBLE_DEVICES=%r, device count %d)"
-        % (os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count()))
-    print("no CUDA device: " + why); sys.exit(1)
-x = torch.arange(1 << 20, device="cuda", dtype=torch.float32)
-if (x * 2).sum().item() != float((1 << 20) * ((1 << 20) - 1)):
-    print("the CUDA device computed a wrong sum"); sys.exit(1)
-p = torch.cuda.get_device_properties(0)
-l2_mib = getattr(p, "L2_cache_size", 0) / 2**20
-print(f"{p.name}, compute capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, "
-      f"{p.total_memory / 2**30:.0f} GiB, L2 {l2_mib:.0f} MiB; "
-      f"{torch.cuda.device_count()} device(s)")
-print(f"ARCH={p.major}.{p.minor}")
-' 2>&1)
+    probe=$(run_capped 60 "$PY" benches/check_device.py 2>&1)
     local rc=$?
     echo "$probe"
     local require_cuda=(--require-cuda) device=cuda
@@ -163,6 +147,7 @@ print(f"ARCH={p.major}.{p.minor}")
     else
         local arch
         arch=$(echo "$probe" | sed -n 's/^ARCH=//p')
+        [[ $arch =~ ^[0-9]+\.[0-9]+$ ]] || stop "the device probe gave no compute capability (ARCH='$arch')"
         export TORCH_CUDA_ARCH_LIST=$arch           # build for the card present (and only for it)
         echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
     fi

@@ -128,6 +128,16 @@ def test_the_check_pins_the_arch_of_the_card_and_runs_the_extension_tests_unfilt
     assert not re.search(r"^[^#\n]*pip install", script, re.M)  # works from the copied tree as it is
 
 
+def test_device_probe(monkeypatch, capsys):
+    import check_device
+
+    assert check_device.main(["--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "ARCH=none"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device.main([]) == 1
+    assert capsys.readouterr().out.startswith("no CUDA device: ")
+
+
 # --- python -m fastssl.info ---------------------------------------------------------------------------
 
 def _info(*args, **env) -> subprocess.CompletedProcess:
