@@ -97,6 +97,28 @@ def test_gpu_check_smoke_run_wires_every_step_and_still_fails(tmp_path):
     assert "gpu_fake_out" in table and "2 TFLOP/s" in table and "Traceback" not in out
 
 
+def test_gpu_check_runs_from_a_plain_copy_of_the_tree(tmp_path):
+    """As on the GPU machine: no .git, no fastssl/kernels link (git ignores it), the commit from a file."""
+    import shutil
+
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT, copy, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.so", "runs", ".benchmarks", ".pytest_cache", ".ruff_cache", "COMMIT"))
+    if (copy / "fastssl" / "kernels").is_symlink():
+        (copy / "fastssl" / "kernels").unlink()
+    run = lambda: subprocess.run(["bash", "benches/gpu_check.sh", "res"], cwd=copy, capture_output=True, text=True,
+                                 env=_env(CUDA_VISIBLE_DEVICES="", PYTHONPATH=""), timeout=300)  # noqa: E731
+    p = run()
+    assert p.returncode == 1 and "GPU CHECK FAILED: no commit to record" in p.stdout, p.stdout + p.stderr
+    (copy / "benches" / "COMMIT").write_text("c0ffee1\n")
+    p = run()
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    assert "commit c0ffee1" in out and "created the link fastssl/kernels -> ../kernels" in out
+    assert f"fastssl from {copy}/fastssl/__init__.py" in out
+    assert "GPU CHECK FAILED: no CUDA device" in out and "Traceback" not in out
+
+
 def test_gpu_check_needs_a_results_folder(tmp_path):
     p = _run_check(tmp_path)
     assert p.returncode == 2 and "usage: bash benches/gpu_check.sh RESULTS_DIR [COMMIT]" in p.stderr
