@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastssl.data.recipes import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def denormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

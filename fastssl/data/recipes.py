@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 
 from nvidia.dali import fn, types
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass

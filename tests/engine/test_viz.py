@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastssl.data.recipes import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
 from fastssl.viz import denormalize, save_grid
 
 
