@@ -178,7 +178,9 @@ def _check_run_folder(cfg: dict) -> None:
         path = Path(resume)
         if not (path / "last.pt" if path.is_dir() else path).is_file():
             raise ConfigError(f"--resume: no checkpoint at {path / 'last.pt' if path.is_dir() else path}")
-    elif out and (Path(out) / "last.pt").exists():
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a run folder")
+    if not resume and out and (Path(out) / "last.pt").exists():
         raise ConfigError(f"--out {out} already holds a checkpoint; continue it with --resume auto, "
                           "or choose another --out")
 
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except FastSSLError as e:
             print(f"fastssl.train: error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # a run folder or checkpoint that cannot be written (permissions, disk full)
+            print(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
             return 1
 
 

@@ -58,13 +58,16 @@ def _flags(data, out, *extra):
     (["--recipe-options", "[1, 2]"], ["--recipe-options", "JSON object"]),
     (["--data", "/no/such/folder"], ["--data", "/no/such/folder"]),
     (["--resume", "/no/such/run"], ["--resume", "/no/such/run"]),
+    (["--out", "A_FILE"], ["is a file, not a run folder"]),
 ])
 def test_bad_flag_is_refused_where_parsed(extra, needles, small, tmp_path):
     data, _ = small
     out = tmp_path / "run"
+    (tmp_path / "A_FILE").write_text("x")
+    extra = [str(tmp_path / "A_FILE") if a == "A_FILE" else a for a in extra]
     r = _cmd("fastssl.train", _flags(data, out, *extra))
     assert_one_line_error(r, 2, "fastssl.train", *needles)
-    assert not out.exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_config_file_value(small, tmp_path):
@@ -103,7 +106,7 @@ def test_resume_on_a_changed_dataset_is_refused(small, tmp_path):
     shutil.copytree(data, grown)
     run = tmp_path / "run"
     assert train_cli.main(_flags(grown, run, "--eval", "none")) == 0
-    for f in sorted((grown / "train").rglob("*.jpg"))[:16]:
+    for f in sorted(p for p in (grown / "train").rglob("*") if p.is_file())[:16]:
         shutil.copy(f, f.with_name("copy-" + f.name))
     r = _cmd("fastssl.train", _flags(grown, run, "--eval", "none", "--resume", "auto"))
     assert_one_line_error(r, 2, "fastssl.train", "train images: checkpoint 40 vs now 56",
@@ -168,3 +171,12 @@ def test_eval_errors(args, needles, small, tmp_path):
     subs = {"RUN": run, "TRAIN_ONLY": data / "train", "NOT_A_CKPT": tmp_path / "junk.pt"}
     r = _cmd("fastssl.eval", [subs.get(a, a) for a in args])
     assert_one_line_error(r, 2, "fastssl.eval", *needles)
+
+
+def test_the_training_loop_imports_no_command_line():
+    """The trainer raises what the CLIs catch because the error types live in fastssl.errors; it must
+    not import train.py / eval.py (that cycle made `python -m fastssl.train` print tracebacks)."""
+    code = ("import sys, fastssl.trainer, fastssl.evaluation, fastssl.data; "
+            "print(sorted(m for m in sys.modules if m in ('fastssl.train', 'fastssl.eval')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
