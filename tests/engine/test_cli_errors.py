@@ -180,3 +180,19 @@ def test_the_training_loop_imports_no_command_line():
             "print(sorted(m for m in sys.modules if m in ('fastssl.train', 'fastssl.eval')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
+
+
+def test_corrupt_jpeg_body_stops_the_run_naming_it(small, tmp_path):
+    """Header and end marker intact, body zeroed: DALI would train on flat grey; the run refuses it."""
+    data, _ = small
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    victim = sorted(p for p in (bad / "train").rglob("*") if p.is_file())[3]
+    raw = victim.read_bytes()  # zero the entropy-coded bytes after the SOS segment, keep the end marker
+    sos = raw.index(b"\xff\xda")
+    body = sos + 2 + int.from_bytes(raw[sos + 2:sos + 4], "big")
+    victim.write_bytes(raw[:body] + bytes(len(raw) - body - 2) + b"\xff\xd9")
+    out = tmp_path / "run"
+    r = _cmd("fastssl.train", _flags(bad, out), env={"FASTSSL_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(r, 1, "fastssl.train", str(victim), "corrupt JPEG data", "--on-bad skip")
+    assert not out.exists()

@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from test_evaluation import knn_reference  # tests/engine is on sys.path (pytest's rootdir-less import)
 
 from fastssl import eval as eval_cli
 from fastssl import train as train_cli
@@ -19,7 +20,6 @@ from fastssl import trainer
 from fastssl.data import dataset_splits
 from fastssl.evaluation import extract_features
 from fastssl.methods import build_method
-from tests.engine.test_evaluation import knn_reference
 
 STEP_S, BATCH, STEPS_PER_EPOCH, EPOCHS = 2.0, 16, 6, 2
 
