@@ -159,7 +159,7 @@ def test_a_crafted_checkpoint_runs_nothing(small, tmp_path):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["knn", "--checkpoint", "/no/such/run"], ["/no/such/run/last.pt", "not found"]),
+    (["knn", "--checkpoint", "/no/such/run"], ["checkpoint not found: /no/such/run"]),
     (["knn", "--checkpoint", "RUN", "--k", "0"], ["--k", "must be >= 1"]),
     (["knn", "--checkpoint", "RUN", "--temperature", "0"], ["--temperature", "must be > 0"]),
     (["knn", "--checkpoint", "RUN", "--data", "TRAIN_ONLY"], ["no val/ split"]),
