@@ -312,7 +312,8 @@ class Trainer:
         # One all-reduce carries the loss (for logging and the NaN check), the method's metrics and the
         # stop flag, so every rank logs and decides the same.
         names = sorted(metrics)
-        shared = torch.stack([loss.detach().float(), *(metrics[k].detach().float().reshape(()) for k in names),
+        vals = [torch.as_tensor(metrics[k], device=loss.device).detach().float().reshape(()) for k in names]
+        shared = torch.stack([loss.detach().float(), *vals,
                               torch.tensor(float(self._stop.signum > 0), device=loss.device)])
         if ws > 1:
             dist.all_reduce(shared)
