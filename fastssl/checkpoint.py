@@ -79,6 +79,8 @@ def load(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"cannot read checkpoint {path}: not a torch.save file (zip archive)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
