@@ -36,6 +36,8 @@ from fastssl.evaluation import (  # noqa: F401 (the names this module always off
     linear_probe,
 )
 
+load_backbone = backbone_from_checkpoint  # the old name (an exported backbone: fastssl.models.load_backbone)
+
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastssl.eval", description=__doc__,
