@@ -23,3 +23,28 @@ class TrainError(FastSSLError, RuntimeError):
 
 class DataError(FastSSLError, ValueError):
     """A dataset path or file that cannot be used; the message names the path."""
+
+
+class cli_warnings:  # noqa: N801 (a context manager used like a function)
+    """Within a command line, print each ``warnings.warn`` as one line ``<prog>: warning: <message>``
+    (not Python's two-line ``file:line: UserWarning`` form)."""
+
+    def __init__(self, prog: str):
+        self.prog = prog
+
+    def __enter__(self):
+        import sys
+        import warnings
+
+        self._old = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            print(f"{self.prog}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        import warnings
+
+        warnings.showwarning = self._old

@@ -1,56 +1,78 @@
-"""Progress output for long loops (no tqdm dependency): one refreshing line on a terminal, a plain
-line every ``every_s`` seconds in logs. Shows steps/s, images/s, the given metrics and the ETA."""
+"""Training progress: a tqdm bar on a terminal, and the same tqdm-formatted line written whole every
+``every_s`` seconds when the stream is a log file (tqdm alone would fill a log with carriage-return
+redraws on one endless line; that is the one thing added here).
+
+Numbers (all from the clock the trainer passes, so tests can check them exactly): ``step/s`` and the
+ETA are the average over this session (steps since ``start_step`` divided by the seconds since the
+bar was created; tqdm ``smoothing=0``), ``img/s`` is that rate times the global batch.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 
+from tqdm import tqdm
+
 
 def fmt_duration(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+    """Seconds as tqdm writes durations ([H:]MM:SS)."""
+    return tqdm.format_interval(max(seconds, 0))
 
 
 class Progress:
     def __init__(self, total_steps: int, images_per_step: int, start_step: int = 0, stream=None,
-                 every_s: float = 10.0, enabled: bool = True, width: int = 24):
+                 every_s: float = 10.0, enabled: bool = True, clock=time.perf_counter):
         self.total, self.ips = total_steps, images_per_step
         self.start_step = start_step
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every_s = 0.2 if self.tty else every_s
-        self.enabled, self.width = enabled, width
-        self.t0 = time.perf_counter()
-        self.last_print = 0.0
-        self._line_open = False  # a tty line awaiting its newline
+        self.every_s, self.enabled, self.clock = every_s, enabled, clock
+        self.t0 = clock()
+        self.last_print = float("-inf")
+        self.closed = False
+        self.bar = None
+        if enabled and self.tty:
+            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, unit="step", smoothing=0,
+                            mininterval=0.2, dynamic_ncols=True, leave=True)
+            self.bar._time = clock  # tqdm reads time through this attribute; one clock for every number
+            self.bar.start_t = self.bar.last_print_t = self.t0
 
     def rates(self, step: int) -> tuple[float, float]:
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        """(steps/s, images/s) averaged over this session up to ``step``."""
+        elapsed = max(self.clock() - self.t0, 1e-9)
         sps = (step - self.start_step) / elapsed
         return sps, sps * self.ips
 
+    def line(self, step: int, prefix: str = "", **metrics) -> str:
+        """The progress text for ``step`` (what a log gets): tqdm's meter plus img/s and the metrics."""
+        _, ips = self.rates(step)
+        return tqdm.format_meter(step, self.total, self.clock() - self.t0, prefix=prefix.strip(), unit="step",
+                                 initial=self.start_step, ncols=None, postfix=self._postfix(ips, metrics))
+
+    @staticmethod
+    def _postfix(ips: float, metrics: dict) -> str:
+        return ", ".join([f"{ips:.0f} img/s", *(f"{k} {v:.4g}" for k, v in metrics.items())])
+
     def update(self, step: int, prefix: str = "", force: bool = False, **metrics) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (not force and now - self.last_print < self.every_s):
+        if not self.enabled or self.closed:
             return
-        self.last_print = now
-        sps, ips = self.rates(step)
-        eta = (self.total - step) / sps if sps > 0 else float("nan")
-        frac = step / max(self.total, 1)
-        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
-        vals = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        line = (f"{prefix}[{bar}] {step}/{self.total} | {sps:.2f} step/s {ips:.0f} img/s | {vals} | "
-                f"ETA {fmt_duration(eta) if eta == eta else '?'}")
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
-        self._line_open = self.tty
+        if self.bar is not None:
+            self.bar.set_description_str(prefix.strip(), refresh=False)
+            self.bar.set_postfix_str(self._postfix(self.rates(step)[1], metrics), refresh=False)
+            self.bar.update(step - self.bar.n)
+            if force:
+                self.bar.refresh()
+            return
+        now = self.clock()
+        if force or now - self.last_print >= self.every_s:
+            self.last_print = now
+            self.stream.write(self.line(step, prefix, **metrics) + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        """End the refreshing line, if one is open (safe to call more than once)."""
-        if self._line_open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._line_open = False
+        """End the terminal bar's line, if one is open (safe to call more than once)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.closed = True

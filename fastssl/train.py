@@ -16,14 +16,18 @@ import json
 import sys
 from pathlib import Path
 
-from fastssl.errors import ConfigError, TrainError
+from fastssl import argtypes as at
+from fastssl.errors import ConfigError, FastSSLError, cli_warnings
 from fastssl.methods import METHODS
 from fastssl.models import ARCHS
 from fastssl.optim import OPTIMIZERS
+from fastssl.runconfig import RUNTIME_KEYS  # noqa: F401 (kept importable from here)
 
-# Flags that may differ between a run and its --resume (they don't change what is computed).
-RUNTIME_KEYS = {"out", "resume", "workers", "log_every", "ckpt_every", "compile", "device", "config", "eval",
-                "quiet"}
+
+def _arch(text) -> str:
+    if text not in ARCHS:
+        raise argparse.ArgumentTypeError(f"unknown arch {text!r}; available: {', '.join(ARCHS)}")
+    return str(text)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -43,29 +47,32 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="JSON/YAML file of flag values (e.g. a run's config.json)")
     p.add_argument("--data", default=None, help="ImageNet-layout root (train/ [+ val/] of class folders); "
                    "default: the built-in demo dataset")
-    p.add_argument("--arch", default="resnet18", help=f"backbone: {', '.join(ARCHS)}")
-    p.add_argument("--width", type=int, default=64, help="ResNet base width (64 = standard)")
-    p.add_argument("--image-size", type=int, default=224, help="view size in pixels")
-    p.add_argument("--epochs", type=int, default=100, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch size (all processes)")
-    p.add_argument("--lr", type=float, default=0.3, help="base learning rate for a batch of 256")
+    p.add_argument("--arch", type=_arch, default="resnet18", help=f"backbone: {', '.join(ARCHS)}")
+    p.add_argument("--width", type=at.positive_int, default=64, help="ResNet base width (64 = standard)")
+    p.add_argument("--image-size", type=at.positive_int, default=224, help="view size in pixels")
+    p.add_argument("--epochs", type=at.positive_int, default=100, help="training epochs")
+    p.add_argument("--batch-size", type=at.positive_int, default=256, help="global batch size (all processes)")
+    p.add_argument("--lr", type=at.positive_float, default=0.3, help="base learning rate for a batch of 256")
     p.add_argument("--optimizer", default="lars", choices=OPTIMIZERS)
-    p.add_argument("--weight-decay", type=float, default=1e-6, help="not applied to biases and norms")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD/LARS momentum")
-    p.add_argument("--warmup-epochs", type=float, default=10, help="linear warmup, then cosine to 0")
+    p.add_argument("--weight-decay", type=at.nonneg_float, default=1e-6, help="not applied to biases and norms")
+    p.add_argument("--momentum", type=at.momentum, default=0.9, help="SGD/LARS momentum, in [0, 1)")
+    p.add_argument("--warmup-epochs", type=at.nonneg_float, default=10, help="linear warmup, then cosine to 0")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=0, help="init, data order and augmentation")
+    p.add_argument("--seed", type=at.seed, default=0, help="init, data order and augmentation")
     p.add_argument("--out", default=None, help="run folder (default: runs/<method>-<time>)")
     p.add_argument("--resume", default=None, help="checkpoint file, run folder, or 'auto' (<out>/last.pt if any)")
-    p.add_argument("--workers", type=int, default=2, help="DALI threads per process")
-    p.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
-    p.add_argument("--log-every", type=int, default=1, help="write metrics every N steps")
-    p.add_argument("--recipe-options", default=None, type=json.loads,
+    p.add_argument("--workers", type=at.positive_int, default=2, help="DALI threads per process")
+    p.add_argument("--ckpt-every", type=at.nonneg_int, default=0, help="also checkpoint every N steps (0: per epoch)")
+    p.add_argument("--log-every", type=at.positive_int, default=1, help="write metrics every N steps")
+    p.add_argument("--recipe-options", default=None, type=at.json_object,
                    help='JSON overrides of the view recipe, e.g. \'{"gray_p": 0.5}\'')
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=at.device, default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--eval", default="knn", choices=["knn", "none"], help="evaluation after training")
+    p.add_argument("--on-bad", default="error", choices=["error", "skip"],
+                   help="bad image files (unreadable, not an image, truncated, corrupt body): stop with their "
+                   "paths, or leave them out with a warning")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -73,17 +80,45 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
 def _read_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    text = p.read_text()
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
+        raise ConfigError(f"--config: file not found: {p}")
+    try:
+        text = p.read_text()
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text)  # plain data only: no tags that build objects
+        else:
+            data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"--config {p}: cannot read it: {' '.join(str(e).split())}") from None
+    except Exception as e:  # noqa: BLE001 (yaml.YAMLError; yaml is imported lazily)
+        raise ConfigError(f"--config {p}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of flag names to values")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        raise ConfigError(f"--config {p} must hold a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _check_file_values(parser: argparse.ArgumentParser, file_cfg: dict, path: str) -> dict:
+    """Apply each flag's validator and choices to the config file's values (argparse checks only
+    command-line text), so a file cannot carry a value the command line would refuse."""
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in file_cfg.items():
+        a = actions[key]
+        flag = a.option_strings[0] if a.option_strings else key
+        if value is not None:
+            try:
+                if a.type is not None:
+                    value = a.type(value)
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError(f"--config {path}: {key} ({flag}): {e}") from None
+            if a.choices is not None and value not in a.choices:
+                raise ConfigError(f"--config {path}: {key} ({flag}): {value!r} is not one of "
+                                  f"{', '.join(map(str, a.choices))}")
+            if a.const is True and not isinstance(value, bool):  # store_true flags
+                raise ConfigError(f"--config {path}: {key} ({flag}): expected true or false, got {value!r}")
+        out[key] = value
+    return out
 
 
 def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict]:
@@ -94,50 +129,85 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
     parser = _base_parser(add_help=True)
     if method is not None:
         if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+            raise ConfigError(f"--method: unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
         METHODS[method].add_args(parser)
         parser.set_defaults(**METHODS[method].defaults)
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(file_cfg) - known)
     if unknown:
-        raise ConfigError(f"config file {pre.config}: unknown keys {unknown}")
-    parser.set_defaults(**file_cfg)
+        raise ConfigError(f"--config {pre.config}: unknown keys {unknown}")
+    parser.set_defaults(**_check_file_values(parser, file_cfg, pre.config))
     return parser, file_cfg
 
 
 def parse_config(argv: list[str] | None = None) -> dict:
+    """The run's config (a plain dict), every flag validated; ConfigError (one line, naming the flag)
+    for a bad combination. argparse itself exits 2 with one error line for a bad single value."""
     parser, _ = build_parser(argv)
     cfg = vars(parser.parse_args(argv))
     if cfg["method"] is None:
         raise ConfigError(f"choose a method with --method ({', '.join(sorted(METHODS))})")
-    if cfg["arch"] not in ARCHS:
-        raise ConfigError(f"unknown arch {cfg['arch']!r}; available: {', '.join(ARCHS)}")
-    for key in ("epochs", "batch_size", "image_size", "width", "workers", "log_every"):
-        if cfg[key] < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if cfg["lr"] <= 0:
-        raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
     METHODS[cfg["method"]].check_config(cfg)
+    _check_recipe_options(cfg)
     if cfg["data"] is not None:
         cfg["data"] = str(Path(cfg["data"]).expanduser().resolve())
-        if not Path(cfg["data"]).exists():
-            raise ConfigError(f"--data path does not exist: {cfg['data']}")
+        if not Path(cfg["data"]).is_dir():
+            raise ConfigError(f"--data: not a folder (or does not exist): {cfg['data']}")
+    _check_run_folder(cfg)
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_config(argv)
-    except (ConfigError, json.JSONDecodeError) as e:
-        print(f"fastssl.train: error: {e}", file=sys.stderr)
-        return 2
-    from fastssl.trainer import train
+def _check_recipe_options(cfg: dict) -> None:
+    from fastssl.data.recipes import get_recipe
 
-    try:
-        return train(cfg)
-    except (TrainError, ConfigError) as e:
-        print(f"fastssl.train: error: {e}", file=sys.stderr)
-        return 1
+    opts = cfg["recipe_options"]
+    if opts:
+        try:
+            get_recipe(METHODS[cfg["method"]].recipe).options(opts)
+        except ValueError as e:
+            raise ConfigError(f"--recipe-options: {e}") from None
+
+
+def _check_run_folder(cfg: dict) -> None:
+    """--resume / --out facts that need no data: refused before anything is created."""
+    out, resume = cfg["out"], cfg["resume"]
+    if resume == "auto":
+        if not out:
+            raise ConfigError("--resume auto needs --out (the run folder to continue)")
+    elif resume:
+        path = Path(resume)
+        if not (path / "last.pt" if path.is_dir() else path).is_file():
+            raise ConfigError(f"--resume: no checkpoint at {path / 'last.pt' if path.is_dir() else path}")
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a run folder")
+    if not resume and out and (Path(out) / "last.pt").exists():
+        raise ConfigError(f"--out {out} already holds a checkpoint; continue it with --resume auto, "
+                          "or choose another --out")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success; 2 for a bad command line or config (ConfigError: one line, nothing written);
+    1 for bad data or a run that cannot go on (DataError, TrainError: one line); 128 + N when stopped by
+    signal N."""
+    with cli_warnings("fastssl.train"):
+        try:
+            cfg = parse_config(argv)
+        except FastSSLError as e:
+            print(f"fastssl.train: error: {e}", file=sys.stderr)
+            return 2
+        from fastssl.trainer import train
+
+        try:
+            return train(cfg)
+        except ConfigError as e:
+            print(f"fastssl.train: error: {e}", file=sys.stderr)
+            return 2
+        except FastSSLError as e:
+            print(f"fastssl.train: error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # a run folder or checkpoint that cannot be written (permissions, disk full)
+            print(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

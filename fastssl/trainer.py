@@ -6,15 +6,27 @@ Run folder (``--out``; only rank 0 writes):
   metrics.jsonl   one JSON line per logged step and per epoch
   tb/             TensorBoard event log
   last.pt         every epoch and every ``--ckpt-every`` steps: model, optimizer, scheduler, grad
-                  scaler, epoch and position inside it, global step, RNG states, config
+                  scaler, epoch and position inside it, global step, RNG states, config, and the
+                  schedule facts (process count, training images, steps per epoch); plain data only
+                  (fastssl.checkpoint), opened with weights_only=True
   best.pt         the epoch with the lowest mean training loss so far
-  eval.json       the final kNN accuracy (learned and random init)
+  eval.json       the final kNN accuracy (learned and random init), with k, T and the image counts
   viz/epoch_NNN.png  the method's picture of its task (methods with a visualize hook): before
                   training (000) and after each epoch
+
+metrics.jsonl records (TensorBoard gets the same numbers): per logged step ``step``, ``epoch``,
+``loss`` (the global-batch loss: the mean of the ranks' losses), ``lr`` (the rate this step's update
+used), the method's metrics (averaged over ranks), ``data_s`` (waiting for the batch) and ``step_s``
+(forward, backward, update); per epoch ``epoch_loss`` (mean step loss over the whole epoch),
+``images`` and ``epoch_s`` (trained this session in this epoch, wall seconds) and ``img_per_s``
+(their ratio); after training ``knn_top1``/``knn_top5`` (learned) and ``*_random_init``.
 Checkpoints are written atomically (temp file + rename). ``--resume`` (a file, a run folder or
 ``auto``) continues exactly: the data loader re-creates the same epoch and skips the batches already
 done, so on CPU a run killed with SIGKILL and resumed ends with bit-identical weights to an
-uninterrupted run. SIGINT/SIGTERM checkpoint at the end of the current step, then exit (130/143).
+uninterrupted run. A resume is refused (one line naming what differs) when a config key outside
+fastssl.runconfig.RUNTIME_KEYS changed, or the process count, the number of training images or the
+steps per epoch did (the data order and the LR schedule depend on them). SIGINT/SIGTERM
+checkpoint at the end of the current step, then exit (130/143).
 A non-finite loss stops the run before the optimizer step, with a message; no checkpoint is written
 from that state, so the last good one stays.
 """
@@ -39,7 +51,10 @@ from fastssl.models import to_channels_last
 from fastssl.optim import build_optimizer, build_scheduler, scaled_lr
 from fastssl.parallel import convert_global_bn, setup_distributed
 from fastssl.progress import Progress
-from fastssl.train import RUNTIME_KEYS
+from fastssl.runconfig import config_differences, schedule_differences
+
+_clock = time.perf_counter  # every duration the trainer reports (tests substitute a controlled clock)
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "rng", "config", "schedule")
 
 
 class _Stop:
@@ -80,22 +95,28 @@ def _resolve_resume(cfg: dict) -> Path | None:
 
 
 def _check_compatible(cfg: dict, saved: dict, path: Path) -> None:
-    diff = {k: (saved.get(k), cfg.get(k)) for k in set(cfg) | set(saved)
-            if k not in RUNTIME_KEYS and saved.get(k) != cfg.get(k)}
+    diff = config_differences(saved, cfg)
     if diff:
-        lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"--resume {path}: the run's config differs ({lines}); resume with the same "
                           "flags (or --config <run>/config.json), or start a new --out")
 
 
+def _check_schedule(saved: dict, now: dict, path: Path) -> None:
+    diff = schedule_differences(saved, now)
+    if diff:
+        lines = ", ".join(f"{k.replace('_', ' ')}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
+        raise ConfigError(f"--resume {path}: the data order and learning-rate schedule would change ({lines}); "
+                          "resume with the same number of processes and the same images, or start a new --out")
+
+
 def _data_sources(cfg: dict):
     """(train, val or None) sources; fills cfg["data"] with the demo root when no --data was given."""
-    from fastssl.data import demo_root
-    from fastssl.eval import data_splits
+    from fastssl.data import dataset_splits, demo_root
 
     if cfg["data"] is None:
         cfg["data"] = str(demo_root(seed=0))
-    return data_splits(Path(cfg["data"]))
+    return dataset_splits(Path(cfg["data"]), on_bad=cfg.get("on_bad", "error"))
 
 
 def _autocast(cfg: dict, device: torch.device):
@@ -172,10 +193,15 @@ class Trainer:
             raise ConfigError(f"--batch-size {cfg['batch_size']} is larger than the dataset "
                               f"({len(self.train_src)} images in {self.train_src.root}"
                               f"{f' over {ws} processes' if ws > 1 else ''})")
+        self.steps_per_epoch = per_shard // local_bs
+        total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.schedule = {"world_size": ws, "train_images": len(self.train_src),
+                         "steps_per_epoch": self.steps_per_epoch, "total_steps": total_steps}
         ckpt = None
         if resume_path is not None:
-            ckpt = ckpt_io.load(resume_path)
+            ckpt = ckpt_io.load(resume_path, required=CHECKPOINT_KEYS)
             _check_compatible(cfg, ckpt["config"], resume_path)
+            _check_schedule(ckpt["schedule"], self.schedule, resume_path)
 
         # NHWC: tensor cores on GPU; on CPU (oneDNN) it measured 1.4-1.6x faster for the demo ResNet.
         self.method = method = to_channels_last(convert_global_bn(_build_model(cfg), device).to(device))
@@ -185,8 +211,6 @@ class Trainer:
                 method, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = torch.compile(model) if cfg["compile"] else model
 
-        self.steps_per_epoch = per_shard // local_bs
-        total_steps = self.steps_per_epoch * cfg["epochs"]
         lr = scaled_lr(cfg["lr"], cfg["batch_size"])
         self.optimizer = build_optimizer(cfg["optimizer"], method, lr, cfg["weight_decay"], cfg["momentum"])
         self.scheduler = build_scheduler(self.optimizer, total_steps,
@@ -222,13 +246,14 @@ class Trainer:
                   file=sys.stderr)
         self.logger = _Logger(out if d.is_main else None)
         self.progress = Progress(total_steps, cfg["batch_size"], start_step=self.state["global_step"],
-                                 enabled=d.is_main and not cfg["quiet"])
+                                 enabled=d.is_main and not cfg["quiet"], clock=_clock)
 
     def save(self, name: str = "last.pt") -> None:
         if self.d.is_main:
             ckpt_io.atomic_save({"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                                 "state": dict(self.state), "rng": ckpt_io.rng_state(), "config": self.cfg},
+                                 "state": dict(self.state), "rng": ckpt_io.rng_state(), "config": dict(self.cfg),
+                                 "schedule": dict(self.schedule)},
                                 self.out / name)
 
     def visualize(self, epoch: int) -> None:
@@ -269,7 +294,7 @@ class Trainer:
                       f"({sps:.2f} step/s) this session; checkpoint {self.out / 'last.pt'}", file=sys.stderr)
                 if self.cfg["eval"] == "knn":
                     _final_knn(self.cfg, self.method, self.train_src, self.val_src, self.d.device, self.out,
-                               self.logger)
+                               self.logger, self.state["global_step"])
             if self.d.world_size > 1:
                 dist.barrier()
             return 0
@@ -277,20 +302,25 @@ class Trainer:
             self.progress.close()
             self.logger.close()
 
-    def _step(self, views, labels) -> tuple[float, bool, dict]:
-        """Forward, NaN check, backward, update: (loss over all ranks, stop requested, metrics)."""
+    def _step(self, views, labels) -> tuple[float, bool, dict, float]:
+        """Forward, NaN check, backward, update: (loss over all ranks, stop requested, metrics averaged
+        over ranks, the learning rate this update used)."""
         ws = self.d.world_size
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with self.autocast:
             loss, metrics = self.model(views, labels)
-        # One all-reduce carries the loss (for logging and the NaN check) and the stop flag, so every
-        # rank takes the same decision.
-        shared = torch.stack([loss.detach().float(),
+        # One all-reduce carries the loss (for logging and the NaN check), the method's metrics and the
+        # stop flag, so every rank logs and decides the same.
+        names = sorted(metrics)
+        vals = [torch.as_tensor(metrics[k], device=loss.device).detach().float().reshape(()) for k in names]
+        shared = torch.stack([loss.detach().float(), *vals,
                               torch.tensor(float(self._stop.signum > 0), device=loss.device)])
         if ws > 1:
             dist.all_reduce(shared)
-            shared[0] /= ws
-        loss_value = shared[0].item()
+            shared[:-1] /= ws
+        values = shared.tolist()
+        loss_value = values[0]
+        metrics = dict(zip(names, values[1:-1]))
         if not torch.isfinite(shared[0]):
             last = self.out / "last.pt"
             st = self.state
@@ -299,12 +329,13 @@ class Trainer:
                 f"{st['global_step']}); stopping before the update. The last good checkpoint "
                 f"{'is ' + str(last) if last.exists() else 'does not exist yet'}. Lower --lr (or use "
                 "--precision fp32) and --resume from it.")
+        lr = self.optimizer.param_groups[0]["lr"]  # what this update uses (the scheduler moves it after)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss_value, shared[1].item() > 0, metrics
+        return loss_value, values[-1] > 0, metrics, lr
 
     def _epoch(self, stop: _Stop) -> int:
         """Train the rest of the current epoch; returns the signal number if stopped by one, else 0."""
@@ -314,19 +345,22 @@ class Trainer:
         self._stop = stop
         kill_at = int(os.environ.get("FASTSSL_DEBUG_SIGKILL_AT_STEP", "0"))  # resume tests only
         epoch = st["epoch"]
+        t_epoch = t_data = _clock()
+        steps_here = 0
         loader = make_loader(self.train_src, epoch=epoch, skip_batches=st["step_in_epoch"], **self.loader_args)
         for views, labels in loader:
-            t0 = time.perf_counter()
-            loss_value, stop_now, metrics = self._step(views, labels)
+            t0 = _clock()
+            loss_value, stop_now, metrics, lr = self._step(views, labels)
+            t1 = _clock()
+            steps_here += 1
             st["global_step"] += 1
             st["step_in_epoch"] += 1
             st["epoch_loss_sum"] += loss_value
             st["epoch_loss_count"] += 1
-            gs, lr = st["global_step"], self.optimizer.param_groups[0]["lr"]
+            gs = st["global_step"]
             if gs % cfg["log_every"] == 0 or st["step_in_epoch"] == self.steps_per_epoch:
-                self.logger.log({"step": gs, "epoch": epoch, "loss": loss_value, "lr": lr,
-                                 **{k: float(v) for k, v in metrics.items()},
-                                 "step_s": time.perf_counter() - t0}, gs, "train")
+                self.logger.log({"step": gs, "epoch": epoch, "loss": loss_value, "lr": lr, **metrics,
+                                 "data_s": t0 - t_data, "step_s": t1 - t0}, gs, "train")
             self.progress.update(gs, prefix=f"epoch {epoch + 1}/{cfg['epochs']} ", loss=loss_value, lr=lr)
             if cfg["ckpt_every"] and gs % cfg["ckpt_every"] == 0:
                 self.save()
@@ -341,9 +375,12 @@ class Trainer:
                 return signum
             if kill_at and gs == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            t_data = _clock()
+        epoch_s = _clock() - t_epoch
+        images = steps_here * cfg["batch_size"]
         epoch_loss = st["epoch_loss_sum"] / max(st["epoch_loss_count"], 1)
-        _, ips = self.progress.rates(st["global_step"])
-        self.logger.log({"epoch": epoch, "epoch_loss": epoch_loss, "img_per_s": ips}, st["global_step"], "epoch")
+        self.logger.log({"epoch": epoch, "epoch_loss": epoch_loss, "images": images, "epoch_s": epoch_s,
+                         "img_per_s": images / epoch_s if epoch_s > 0 else float("nan")}, st["global_step"], "epoch")
         st.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
         is_best = epoch_loss < st["best_loss"]
         if is_best:
@@ -355,8 +392,11 @@ class Trainer:
         return 0
 
 
-def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger) -> None:
-    from fastssl.eval import extract_features, knn_classify
+KNN_K, KNN_T = 20, 0.07
+
+
+def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger, step: int) -> None:
+    from fastssl.evaluation import extract_features, knn_classify
 
     if val_src is None:
         print("fastssl.train: the data has no val/ split, skipping the kNN evaluation", file=sys.stderr)
@@ -368,10 +408,13 @@ def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger) -> No
     for name, backbone in (("learned", method.backbone), ("random_init", random_init.backbone)):
         tr = extract_features(backbone, train_src, **kw)
         va = extract_features(backbone, val_src, **kw)
-        results[name] = knn_classify(*tr, *va, k=20, temperature=0.07, num_classes=n_cls)
+        results[name] = knn_classify(*tr, *va, k=KNN_K, temperature=KNN_T, num_classes=n_cls)
+    results.update(k=KNN_K, temperature=KNN_T, train_images=len(train_src), val_images=len(val_src),
+                   classes=n_cls)
     (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     learned, rand = results["learned"], results["random_init"]
-    logger.log({"knn_top1": learned["top1"], "knn_top1_random_init": rand["top1"]}, 0, "eval")
+    logger.log({"knn_top1": learned["top1"], "knn_top5": learned["top5"], "knn_top1_random_init": rand["top1"],
+                "knn_top5_random_init": rand["top5"]}, step, "eval")
     print(f"kNN (k=20) on {len(val_src)} val images, {n_cls} classes:\n"
           f"  learned      top-1 {learned['top1']:6.2f}%  top-5 {learned['top5']:6.2f}%\n"
           f"  random init  top-1 {rand['top1']:6.2f}%  top-5 {rand['top5']:6.2f}%")

@@ -4,9 +4,15 @@ Layouts accepted by :class:`ImageFolderSource`:
 
 - ImageNet layout ``root/<class>/<image>`` (``split=None``), or ``root/train/<class>/...`` and
   ``root/val/<class>/...`` (``split="train"`` / ``"val"``). Classes are the sorted subfolder names;
-  label i is the i-th class. Files are sorted, so ``files``/``labels`` are deterministic.
+  label i is the i-th class; :func:`dataset_splits` gives the val split the train split's map. Files
+  are sorted, so ``files``/``labels`` are deterministic.
 - A file list: ``ImageFolderSource.from_file_list(root, "list.txt")`` where each non-empty line is
   ``<path relative to root> <integer label>`` (``#`` starts a comment).
+
+The walk (one rule at every depth): names starting with ``.`` (files or folders, e.g.
+``.ipynb_checkpoints``, ``._x.jpg``) are skipped; only image extensions count; symlinks are followed
+but a folder is walked once (no cycles, no double walk); a file reached by two paths (symlink, hard
+link: same device and inode) is read once, and is a ``DataError`` if the two paths give it two labels.
 
 Bad data policy (decided once, at start-up, never hours into a run):
 
@@ -14,16 +20,20 @@ Bad data policy (decided once, at start-up, never hours into a run):
   ``ValueError``) naming the path.
 - Every file gets a cheap check when the source is built: it must be non-empty, start with the magic
   bytes of a format DALI decodes (JPEG, PNG, BMP, TIFF, WebP, JPEG 2000, PNM), and a JPEG must carry
-  its end-of-image marker (FF D9) in its last bytes, which catches truncated downloads. Two small
-  reads per file, done on a thread pool (about 10 s per million files on a local SSD); pass
-  ``validate=False`` to skip it.
-- ``on_bad="error"`` (default): fail fast with a ``DataError`` listing the bad files' paths (first 20)
-  and their count. ``on_bad="skip"``: drop them, emit one ``UserWarning`` with the count and the
-  first paths; ``src.skipped`` keeps the full list.
-- A file that passes the check but still fails to decode (corrupt body) makes DALI fail at that
-  batch; the loader then decodes the files of the batches in flight with PIL and raises a
-  ``DataError`` naming the undecodable file(s), chained to DALI's error. The run stops loudly instead
-  of silently substituting data; remove the file and resume (the checkpoint's epoch/batch stay exact).
+  its end-of-image marker (FF D9) in its last bytes, which catches truncated downloads. A stat and two
+  small reads per file, on a thread pool (about 10 s per million files on a local SSD).
+- Then the full decode (fastssl.data.verify): a JPEG with an intact header and end marker but a
+  corrupt body decodes to flat grey in DALI's CPU decoder without an error, so only a strict decode
+  of every file finds it. Its results are cached per file (size, mtime); ``verify="auto"`` decodes
+  the not-yet-verified files at start when there are at most ``AUTO_VERIFY_MAX`` of them, else warns
+  with the command that verifies once, in parallel (``python -m fastssl.data.verify --data ROOT``);
+  ``"full"`` always decodes them; ``"off"`` skips it. ``validate=False`` skips every check.
+- ``on_bad="error"`` (default): fail fast with a one-line ``DataError`` giving the count and the bad
+  files' paths (first 20). ``on_bad="skip"``: drop them, emit one ``UserWarning`` with the count and
+  the first paths; ``src.skipped`` keeps the full list.
+- A file that still fails to decode in DALI (an unverified large dataset) stops the run at that
+  batch with a ``DataError`` naming the file(s) (the loader re-decodes the batches in flight with
+  PIL); delete it and start again (the file count is part of the resume check, so a resume refuses).
 
 Per-epoch order (:func:`epoch_shard`): a permutation of the file list drawn with
 ``numpy.random.default_rng([seed, epoch])`` (identical on every rank), padded by wrapping around to
@@ -88,26 +98,99 @@ def check_image_file(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _validate(files: list[str], labels: list[int], on_bad: str, where: Path):
+def _stat(path: str) -> tuple[str | None, tuple[int, int, int, int] | None]:
+    """(cheap-check reason or None, (size, mtime_ns, st_dev, st_ino) or None if unreadable)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})", None
+    return check_image_file(path), (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+
+
+def _report(bad: list[tuple[str, str]], where: Path, on_bad: str, total: int) -> None:
+    """Raise (on_bad="error") or warn (on_bad="skip") about bad files in one line: the count, then
+    the first 20 paths with their reasons."""
+    shown = "; ".join(f"{f} ({r})" for f, r in bad[:20])
+    more = f"; ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    if on_bad == "error":
+        raise DataError(f"{len(bad)} bad image file(s) under {where} (delete them, or pass --on-bad skip, "
+                        f"on_bad='skip' in Python, to leave them out): {shown}{more}")
+    warnings.warn(f"skipping {len(bad)} bad image file(s) under {where}: {shown}{more}", stacklevel=4)
+    if len(bad) == total:
+        raise DataError(f"no readable image files under {where} (all {len(bad)} were bad)")
+
+
+def _validate(files: list[str], labels: list[int], on_bad: str, where: Path, verify: str):
+    """Cheap check of every file, then the full-decode verification (verify.py) where due; drops the
+    second path to a file already listed (same device and inode: a symlink or hard link)."""
+    from .verify import check_verified
+
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    if verify not in ("auto", "full", "off"):
+        raise ValueError(f"verify must be 'auto', 'full' or 'off', got {verify!r}")
     with ThreadPoolExecutor(max_workers=8) as pool:
-        reasons = list(pool.map(check_image_file, files, chunksize=256))
-    bad = [(f, r) for f, r in zip(files, reasons) if r is not None]
-    if not bad:
-        return files, labels, []
-    shown = "\n".join(f"  {f}: {r}" for f, r in bad[:20])
-    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-    if on_bad == "error":
-        raise DataError(f"{len(bad)} bad image file(s) under {where} (pass on_bad='skip' to drop them):\n"
-                        f"{shown}{more}")
-    warnings.warn(f"skipping {len(bad)} bad image file(s) under {where}:\n{shown}{more}", stacklevel=3)
+        scanned = list(pool.map(_stat, files, chunksize=256))
+    reasons = [r for r, _ in scanned]
+    first: dict[tuple[int, int], int] = {}
+    dupes = []
+    for i, (_, st) in enumerate(scanned):
+        if st is None:
+            continue
+        j = first.setdefault((st[2], st[3]), i)
+        if j != i:
+            if labels[j] != labels[i]:
+                raise DataError(f"the same image file is listed under two labels ({labels[j]} and {labels[i]}): "
+                                f"{files[j]} and {files[i]} (a link?); keep one")
+            dupes.append(files[i])
+            reasons[i] = "duplicate"
+    if dupes:
+        warnings.warn(f"{len(dupes)} path(s) under {where} lead to a file already listed (symlink or hard "
+                      f"link), each read once: e.g. {dupes[0]}", stacklevel=3)
+    if verify != "off":
+        ok = [i for i, r in enumerate(reasons) if r is None]
+        full = check_verified(where, [files[i] for i in ok], [scanned[i][1] for i in ok], force=verify == "full")
+        for i, r in zip(ok, full):
+            reasons[i] = r
+    bad = [(f, r) for f, r in zip(files, reasons) if r is not None and r != "duplicate"]
+    if bad:
+        _report(bad, where, on_bad, len(files) - len(dupes))
     keep = [r is None for r in reasons]
     files = [f for f, k in zip(files, keep) if k]
     labels = [lab for lab, k in zip(labels, keep) if k]
-    if not files:
-        raise DataError(f"no readable image files under {where} (all {len(bad)} were bad)")
     return files, labels, [f for f, _ in bad]
+
+
+def _is_hidden(name: str) -> bool:
+    """The one rule of the folder walk: a file or folder whose name starts with '.' is not data
+    (.ipynb_checkpoints, .DS_Store, macOS ._resource forks, .git, .cache, ...)."""
+    return name.startswith(".")
+
+
+def walk_images(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+                seen_dirs: set | None = None) -> list[str]:
+    """Image files under ``folder`` (recursively, symlinks followed), in sorted walk order.
+
+    Hidden names (``_is_hidden``) are skipped at every depth; a folder reached a second time (a
+    symlink cycle, or two links to one folder) is walked once; ``seen_dirs`` carries that memory across
+    calls (the class folders of one split). Only names ending in ``extensions`` (any case) count.
+    """
+    exts = tuple(e.lower() for e in extensions)
+    seen_dirs = set() if seen_dirs is None else seen_dirs
+    out = []
+    for dirpath, dirnames, names in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        out += [os.path.join(dirpath, n) for n in sorted(names) if not _is_hidden(n) and n.lower().endswith(exts)]
+    return out
 
 
 class ImageFolderSource:
@@ -115,10 +198,16 @@ class ImageFolderSource:
 
     Attributes: ``root`` (the folder actually scanned), ``files`` (absolute paths, str), ``labels``
     (ints), ``classes`` (names, index = label), ``skipped`` (bad files dropped with on_bad="skip").
+
+    ``classes``: the class-to-index map to use (a val split takes the train split's ``classes``); a
+    class folder not in it is a ``DataError``; classes of the map without a folder simply have no
+    images. Default: the sorted class folder names. ``verify``: "auto" | "full" | "off", the
+    full-decode verification policy (fastssl.data.verify).
     """
 
     def __init__(self, root: str | os.PathLike, split: str | None = None, *, validate: bool = True,
-                 on_bad: str = "error", extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
+                 on_bad: str = "error", extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+                 classes: list[str] | None = None, verify: str = "auto"):
         base = Path(root).expanduser()
         if not base.exists():
             raise DataError(f"dataset path does not exist: {base}")
@@ -128,37 +217,42 @@ class ImageFolderSource:
         if split and not folder.is_dir():
             raise DataError(f"split folder {split!r} not found: {folder} "
                             f"(expected {base}/{split}/<class>/...)")
-        classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not classes:
+        found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not _is_hidden(d.name))
+        if not found:
             raise DataError(f"no class subfolders in {folder} (expected {folder}/<class>/<image>)")
-        exts = tuple(e.lower() for e in extensions)
+        if classes is None:
+            classes = found
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise DataError(f"class folder(s) {unknown[:5]} in {folder} are not classes of the training split "
+                            f"({len(classes)} classes: {', '.join(list(classes)[:5])}, ...)")
+        index = {c: i for i, c in enumerate(classes)}
         files, labels = [], []
-        for label, cls in enumerate(classes):
-            for dirpath, dirnames, names in os.walk(folder / cls, followlinks=True):
-                dirnames.sort()
-                for name in sorted(names):
-                    if name.lower().endswith(exts) and not name.startswith("."):
-                        files.append(os.path.join(dirpath, name))
-                        labels.append(label)
+        seen_dirs: set = set()
+        for cls in found:
+            got = walk_images(folder / cls, extensions, seen_dirs)
+            files += got
+            labels += [index[cls]] * len(got)
         if not files:
-            raise DataError(f"no image files ({', '.join(exts[:3])}, ...) in the class folders of {folder}")
-        self._init(folder, files, labels, classes, validate, on_bad)
+            raise DataError(f"no image files ({', '.join(extensions[:3])}, ...) in the class folders of {folder}")
+        self._init(folder, files, labels, classes, validate, on_bad, verify)
 
-    def _init(self, folder, files, labels, classes, validate, on_bad):
+    def _init(self, folder, files, labels, classes, validate, on_bad, verify="auto"):
         self.root = folder
         self.classes = list(classes)
         self.skipped: list[str] = []
         if validate:
-            files, labels, self.skipped = _validate(files, labels, on_bad, folder)
+            files, labels, self.skipped = _validate(files, labels, on_bad, folder, verify)
         self.files: list[str] = list(files)
         self.labels: list[int] = [int(x) for x in labels]
 
     @classmethod
     def from_file_list(cls, root: str | os.PathLike, list_file: str | os.PathLike, *, validate: bool = True,
-                       on_bad: str = "error") -> ImageFolderSource:
+                       on_bad: str = "error", verify: str = "auto") -> ImageFolderSource:
         """``list_file`` lines: ``<path relative to root (or absolute)> <int label>``; kept in file order.
 
-        A relative ``list_file`` is looked up under ``root`` first, then the working directory.
+        A relative ``list_file`` is looked up under ``root`` first, then the working directory. A path
+        listed twice is a ``DataError`` naming both lines.
         """
         base = Path(root).expanduser()
         if not base.is_dir():
@@ -168,7 +262,7 @@ class ImageFolderSource:
             lf = base / lf
         if not lf.is_file():
             raise DataError(f"file list not found: {lf}")
-        files, labels = [], []
+        files, labels, line_of = [], [], {}
         for n, line in enumerate(lf.read_text().splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
@@ -180,7 +274,11 @@ class ImageFolderSource:
                 labels.append(int(label))
             except ValueError:
                 raise DataError(f"{lf}:{n}: expected '<path> <int label>', got {line!r}") from None
-            files.append(str(base / path.strip()))
+            full = os.path.normpath(str(base / path.strip()))
+            if full in line_of:
+                raise DataError(f"{lf}:{n}: {path.strip()} is already listed on line {line_of[full]}")
+            line_of[full] = n
+            files.append(full)
         if not files:
             raise DataError(f"file list is empty: {lf}")
         if min(labels) < 0:
@@ -189,7 +287,7 @@ class ImageFolderSource:
         if missing:
             raise DataError(f"{len(missing)} file(s) in {lf} do not exist, e.g. {missing[0]}")
         self = cls.__new__(cls)
-        self._init(base, files, labels, [str(i) for i in range(max(labels) + 1)], validate, on_bad)
+        self._init(base, files, labels, [str(i) for i in range(max(labels) + 1)], validate, on_bad, verify)
         return self
 
     def __len__(self) -> int:
@@ -226,3 +324,17 @@ def epoch_shard(src: ImageFolderSource, *, epoch: int, seed: int, shard_id: int 
     """This rank's (files, labels) for one epoch, in reading order."""
     idx = shard_indices(epoch_order(len(src), seed, epoch, shuffle), shard_id, num_shards)
     return [src.files[i] for i in idx], [src.labels[i] for i in idx]
+
+
+def dataset_splits(root: str | os.PathLike, *, on_bad: str = "error", verify: str = "auto"):
+    """(train source, val source or None) of a dataset root: ``root/train`` (+ ``root/val``) of class
+    folders, or ``root/<class>`` (train only). The val split uses the train split's class-to-index map,
+    so a val label always means the same class as in training (a val class unknown to train is a
+    ``DataError``)."""
+    root = Path(root).expanduser()
+    kw = dict(on_bad=on_bad, verify=verify)
+    if (root / "train").is_dir():
+        train = ImageFolderSource(root, split="train", **kw)
+        val = ImageFolderSource(root, split="val", classes=train.classes, **kw) if (root / "val").is_dir() else None
+        return train, val
+    return ImageFolderSource(root, **kw), None

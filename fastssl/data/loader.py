@@ -98,10 +98,11 @@ class EpochLoader:
                 with Image.open(f) as im:
                     im.load()
             except Exception as pil_err:  # noqa: BLE001  (any failure means undecodable)
-                bad.append(f"  {f}: {pil_err}")
+                bad.append(f"{f} ({' '.join(str(pil_err).split())})")
         if bad:
-            raise DataError(f"image decoding failed in batch {batch} of this epoch; undecodable file(s) "
-                            f"(delete them, or fix and rerun):\n" + "\n".join(bad)) from err
+            raise DataError(f"image decoding failed in batch {batch} of this epoch; undecodable file(s): "
+                            f"{'; '.join(bad)} (delete them, or verify the dataset once with python -m "
+                            f"fastssl.data.verify, then run again)") from err
 
     def __repr__(self) -> str:
         return (f"EpochLoader(recipe={self.recipe.name!r}, files={len(self.files)}, "

@@ -7,20 +7,13 @@ paper.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
+from fastssl.argtypes import fraction, positive_float, positive_int, probability
+from fastssl.errors import ConfigError
 from fastssl.methods.base import Method, register
 from fastssl.models import MLPHead
 from fastssl.ops import nt_xent
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
 
 
 @register("simclr")
@@ -34,13 +27,20 @@ class SimCLR(Method):
     @staticmethod
     def add_args(parser):
         g = parser.add_argument_group("simclr")
-        g.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature tau")
-        g.add_argument("--proj-hidden", type=int, default=2048, help="projector hidden width")
-        g.add_argument("--proj-dim", type=int, default=128, help="projector output width")
-        g.add_argument("--jitter", type=float, default=0.8,
-                       help="colour jitter strength (brightness/contrast/saturation; hue = jitter/4)")
-        g.add_argument("--min-scale", type=_fraction, default=0.5,
+        g.add_argument("--temperature", type=positive_float, default=0.2, help="NT-Xent temperature tau (> 0)")
+        g.add_argument("--proj-hidden", type=positive_int, default=2048, help="projector hidden width")
+        g.add_argument("--proj-dim", type=positive_int, default=128, help="projector output width")
+        g.add_argument("--jitter", type=probability, default=0.8,
+                       help="colour jitter strength in [0, 1] (brightness/contrast/saturation; hue = jitter/4)")
+        g.add_argument("--min-scale", type=fraction, default=0.5,
                        help="smallest random-resized-crop area (the paper: 0.08 on ImageNet)")
+
+    @classmethod
+    def check_config(cls, cfg):
+        # With one image per batch a view's only candidate is its positive: the loss is exactly 0.
+        if cfg["batch_size"] < 2:
+            raise ConfigError(f"--batch-size {cfg['batch_size']}: simclr contrasts each view with the other "
+                              "images of the global batch, so it needs a global batch of at least 2")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -97,6 +97,7 @@ def test_bad_files_fail_fast_with_paths(tmp_path):
     with pytest.raises(DataError) as e:
         ImageFolderSource(tmp_path)
     msg = str(e.value)
+    assert "\n" not in msg and "--on-bad skip" in msg  # one line, naming the CLI flag that exists
     assert "3 bad image file(s)" in msg
     for p in bad:
         assert p in msg
@@ -109,7 +110,7 @@ def test_bad_files_skip_with_warning_and_count(tmp_path):
     with pytest.warns(UserWarning, match="skipping 3 bad image file"):
         src = ImageFolderSource(tmp_path, on_bad="skip")
     assert len(src) == 9 and sorted(src.skipped) == bad
-    assert ImageFolderSource(tmp_path, validate=False).files.__len__() == 12
+    assert len(ImageFolderSource(tmp_path, validate=False).files) == 12
 
 
 def test_header_check_accepts_png(tmp_path):
@@ -143,3 +144,49 @@ def test_epoch_order_depends_on_seed_and_epoch(tmp_path):
     assert epoch_shard(src, epoch=3, seed=0, shuffle=False)[0] == src.files
     with pytest.raises(ValueError, match="shard_id"):
         epoch_shard(src, epoch=0, seed=0, shard_id=2, num_shards=2)
+
+
+def test_val_uses_the_train_class_map(tmp_path):
+    """train/{a,b,c}, val/{a,c}: val's c must be label 2 (train's), not 1 (its own sorted position)."""
+    from fastssl.data import dataset_splits
+
+    _folder(tmp_path / "train", per_class=(2, 2, 2), names=("a", "b", "c"))
+    _folder(tmp_path / "val", per_class=(1, 1), names=("a", "c"))
+    train, val = dataset_splits(tmp_path)
+    assert train.classes == val.classes == ["a", "b", "c"]
+    assert [train.classes[lab] for lab in val.labels] == [Path(f).parent.name for f in val.files] == ["a", "c"]
+    _folder(tmp_path / "val", per_class=(1,), names=("zebra",))
+    with pytest.raises(DataError, match="zebra"):
+        dataset_splits(tmp_path)
+
+
+def test_one_hidden_rule_for_the_whole_walk(tmp_path):
+    _folder(tmp_path, per_class=(2, 2, 2))
+    _jpeg(tmp_path / "cat" / ".ipynb_checkpoints" / "0-checkpoint.JPEG")  # hidden folder inside a class
+    _jpeg(tmp_path / "cat" / "sub" / ".hidden" / "x.jpg")  # deeper
+    _jpeg(tmp_path / "dog" / "._0.JPEG")  # macOS resource fork
+    _jpeg(tmp_path / ".trash" / "x.jpg")  # hidden class folder
+    src = ImageFolderSource(tmp_path)
+    assert len(src) == 6 and src.classes == ["ant", "cat", "dog"]
+    assert not any("/." in f for f in src.files)
+    _jpeg(tmp_path / "cat" / "sub" / "visible.jpg")  # a visible subfolder still counts
+    assert len(ImageFolderSource(tmp_path)) == 7
+
+
+def test_links_never_count_a_file_twice(tmp_path):
+    _folder(tmp_path, per_class=(2, 2, 2))
+    (tmp_path / "cat" / "loop").symlink_to(tmp_path / "cat")  # a cycle: walked once, terminates
+    (tmp_path / "cat" / "again.JPEG").symlink_to(tmp_path / "cat" / "0.JPEG")  # the same file twice
+    with pytest.warns(UserWarning, match="read once"):
+        src = ImageFolderSource(tmp_path)
+    assert len(src) == 6 and len({Path(f).resolve() for f in src.files}) == 6
+    (tmp_path / "dog" / "stolen.JPEG").symlink_to(tmp_path / "cat" / "1.JPEG")  # same file, two labels
+    with pytest.raises(DataError, match="two labels"):
+        ImageFolderSource(tmp_path)
+
+
+def test_file_list_line_twice_is_an_error(tmp_path):
+    _folder(tmp_path)
+    (tmp_path / "list.txt").write_text("cat/0.JPEG 0\ndog/1.JPEG 1\n./cat/0.JPEG 0\n")
+    with pytest.raises(DataError, match=r"list.txt:3: ./cat/0.JPEG is already listed on line 1"):
+        ImageFolderSource.from_file_list(tmp_path, "list.txt")

@@ -1,43 +1,54 @@
-"""`python -m fastssl.eval`: kNN and linear probe on frozen features, backbone export."""
+"""`python -m fastssl.eval`: kNN and linear probe of a run, the safetensors backbone export and its loader.
 
+(The kNN / linear-probe computations are tested in test_evaluation.py; the error cases through the real
+command in test_cli_errors.py; the printed numbers against an independent kNN in test_numbers.py.)
+"""
+
+import pytest
 import torch
 
 from fastssl import eval as fe
 from fastssl import train as train_cli
-from fastssl.models import build_backbone
-
-
-def test_knn_on_clustered_features():
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(5, 16, generator=g) * 5
-    ytr, yva = torch.arange(100) % 5, torch.arange(40) % 5
-    tr = centers[ytr] + 0.1 * torch.randn(100, 16, generator=g)
-    va = centers[yva] + 0.1 * torch.randn(40, 16, generator=g)
-    res = fe.knn_classify(tr, ytr, va, yva, k=20, temperature=0.07, num_classes=5, chunk=7)
-    assert res == {"top1": 100.0, "top5": 100.0}
-    shuffled = fe.knn_classify(tr, ytr[torch.randperm(100, generator=g)], va, yva, k=20)
-    assert shuffled["top1"] < 60
-
-
-def test_linear_probe_separable():
-    g = torch.Generator().manual_seed(1)
-    w = torch.randn(8, 3, generator=g)
-    xtr, xva = torch.randn(300, 8, generator=g), torch.randn(100, 8, generator=g)
-    res = fe.linear_probe(xtr, (xtr @ w).argmax(1), xva, (xva @ w).argmax(1), epochs=30, lr=0.1)
-    assert res["top1"] > 90
+from fastssl.errors import DataError
+from fastssl.evaluation import backbone_from_checkpoint
+from fastssl.models import load_backbone
 
 
 def test_eval_cli_knn_linear_and_export(tiny_args, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_cli.main(tiny_args(run, "--epochs", "1", "--eval", "none")) == 0
     capsys.readouterr()
-    export = tmp_path / "backbone.pt"
+    export = tmp_path / "backbone.safetensors"
     assert fe.main(["knn", "--checkpoint", str(run), "--export", str(export), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "knn: top-1" in out
-    state = torch.load(export)
-    bb = build_backbone("resnet18", width=8, cifar_stem=True)
-    bb.load_state_dict(state)  # the backbone alone, loadable without fastssl's method wrapper
+    # The export rebuilds from its own metadata, without the run's flags, and computes what the run's backbone does.
+    model, meta = load_backbone(export)
+    assert (meta["arch"], meta["kwargs"], meta["image_size"], meta["method"]) == (
+        "resnet18", {"cifar_stem": True, "width": 8}, 16, "simclr")
+    ref, _ = backbone_from_checkpoint(run)
+    x = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(model(x), ref.eval()(x), rtol=0, atol=0)
+    # An exported backbone is itself evaluable (its metadata gives the image size; --data the images).
+    assert fe.main(["knn", "--checkpoint", str(export), "--data", meta["data"], "--workers", "1"]) == 0
+    knn_line = [x for x in out.splitlines() if x.startswith("knn:")]
+    assert [x for x in capsys.readouterr().out.splitlines() if x.startswith("knn:")] == knn_line
     assert fe.main(["linear", "--checkpoint", str(run / "last.pt"), "--epochs", "3", "--workers", "1"]) == 0
     assert "linear: top-1" in capsys.readouterr().out
-    assert fe.main(["knn", "--checkpoint", str(tmp_path / "missing")]) == 2
+
+
+def test_load_backbone_refuses_what_it_cannot_rebuild(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(DataError, match="not found"):
+        load_backbone(tmp_path / "none.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello")
+    with pytest.raises(DataError, match="cannot read"):
+        load_backbone(tmp_path / "text.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(DataError, match="not a fastssl backbone"):
+        load_backbone(tmp_path / "plain.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "wrong.safetensors"),
+              metadata={"format": "fastssl-backbone", "arch": "resnet18", "kwargs": '{"width": 8}'})
+    with pytest.raises(DataError, match="do not fit resnet18"):
+        load_backbone(tmp_path / "wrong.safetensors")

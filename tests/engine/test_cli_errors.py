@@ -1,0 +1,198 @@
+"""User errors through the real commands (`python -m fastssl.train` / `fastssl.eval` in a subprocess):
+non-zero exit, no traceback, one last line `...fastssl.<cli>: error: ...` naming the flag or path, and no
+run folder left behind. Also: opening a checkpoint never runs code; a resume that would change the
+schedule is refused."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastssl import train as train_cli
+from fastssl.data import generate_demo
+
+
+def _cmd(module, args, env=None):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
+
+
+def assert_one_line_error(r, code, prog, *needles):
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"{prog}: error: " in last, r.stderr[-2000:]
+    for n in needles:
+        assert str(n) in last, (n, last)
+    return last
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """40 train + 24 val images (16 px), and a finished 1-epoch run on them (a real checkpoint)."""
+    root = tmp_path_factory.mktemp("small")
+    data = generate_demo(root / "data", seed=1, n_train=40, n_val=24, size=16, progress=False)
+    run = root / "run"
+    assert train_cli.main(_flags(data, run, "--eval", "none", "--epochs", "1")) == 0
+    return data, run
+
+
+def _flags(data, out, *extra):
+    return ["--method", "simclr", "--data", str(data), "--width", "8", "--image-size", "16", "--batch-size", "8",
+            "--epochs", "1", "--workers", "1", "--proj-hidden", "16", "--proj-dim", "8", "--quiet", "--out", str(out),
+            *extra]
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--temperature", "0"], ["--temperature", "must be > 0"]),
+    (["--proj-dim", "0"], ["--proj-dim", "must be >= 1"]),
+    (["--batch-size", "1"], ["--batch-size 1", "at least 2"]),
+    (["--lr", "-1"], ["--lr"]),
+    (["--seed", "-3"], ["--seed"]),
+    (["--momentum", "1"], ["--momentum", "must be < 1"]),
+    (["--arch", "resnet7"], ["--arch", "unknown arch 'resnet7'"]),
+    (["--recipe-options", '{"hue_strength": 1}'], ["--recipe-options", "hue_strength"]),
+    (["--recipe-options", "[1, 2]"], ["--recipe-options", "JSON object"]),
+    (["--data", "/no/such/folder"], ["--data", "/no/such/folder"]),
+    (["--resume", "/no/such/run"], ["--resume", "/no/such/run"]),
+    (["--out", "A_FILE"], ["is a file, not a run folder"]),
+])
+def test_bad_flag_is_refused_where_parsed(extra, needles, small, tmp_path):
+    data, _ = small
+    out = tmp_path / "run"
+    (tmp_path / "A_FILE").write_text("x")
+    extra = [str(tmp_path / "A_FILE") if a == "A_FILE" else a for a in extra]
+    r = _cmd("fastssl.train", _flags(data, out, *extra))
+    assert_one_line_error(r, 2, "fastssl.train", *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_config_file_value(small, tmp_path):
+    data, _ = small
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: simclr\nepochs: 0\n")
+    r = _cmd("fastssl.train", ["--config", cfg, "--data", data, "--out", tmp_path / "run"])
+    assert_one_line_error(r, 2, "fastssl.train", str(cfg), "--epochs", "must be >= 1")
+    cfg.write_text("method: simclr\nepochs: [unclosed\n")
+    assert_one_line_error(_cmd("fastssl.train", ["--config", cfg]), 2, "fastssl.train", str(cfg), "YAML")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_larger_than_the_dataset(small, tmp_path):
+    data, _ = small
+    out = tmp_path / "run"
+    r = _cmd("fastssl.train", _flags(data, out, "--batch-size", "64"))
+    assert_one_line_error(r, 2, "fastssl.train", "--batch-size 64", "40 images")
+    assert not out.exists()
+
+
+def test_out_with_a_checkpoint_and_resume_with_a_changed_flag(small):
+    data, run = small
+    before = (run / "last.pt").read_bytes()
+    r = _cmd("fastssl.train", _flags(data, run))
+    assert_one_line_error(r, 2, "fastssl.train", "--out", str(run), "already holds a checkpoint")
+    r = _cmd("fastssl.train", _flags(data, run, "--resume", "auto", "--temperature", "0.5"))
+    assert_one_line_error(r, 2, "fastssl.train", "config differs", "temperature: checkpoint 0.2 vs now 0.5")
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_resume_on_a_changed_dataset_is_refused(small, tmp_path):
+    """The schedule facts are in the checkpoint: more images (same flags) means other steps per epoch."""
+    data, _ = small
+    grown = tmp_path / "data"
+    shutil.copytree(data, grown)
+    run = tmp_path / "run"
+    assert train_cli.main(_flags(grown, run, "--eval", "none")) == 0
+    for f in sorted(p for p in (grown / "train").rglob("*") if p.is_file())[:16]:
+        shutil.copy(f, f.with_name("copy-" + f.name))
+    r = _cmd("fastssl.train", _flags(grown, run, "--eval", "none", "--resume", "auto"))
+    assert_one_line_error(r, 2, "fastssl.train", "train images: checkpoint 40 vs now 56",
+                          "steps per epoch: checkpoint 5 vs now 7")
+
+
+def test_not_an_image_names_the_file_and_the_flag(small, tmp_path):
+    data, _ = small
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    notes = next((bad / "train").iterdir()) / "notes.jpg"
+    notes.write_text("remember to buy milk")
+    out = tmp_path / "run"
+    r = _cmd("fastssl.train", _flags(bad, out))
+    assert_one_line_error(r, 1, "fastssl.train", str(notes), "not an image", "--on-bad skip")
+    assert not out.exists()
+    r = _cmd("fastssl.train", _flags(bad, out, "--on-bad", "skip", "--eval", "none"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"fastssl.train: warning: skipping 1 bad image file(s) under {bad / 'train'}: {notes}" in r.stderr
+    r = _cmd("fastssl.eval", ["knn", "--checkpoint", out, "--data", bad, "--workers", 1])
+    assert_one_line_error(r, 2, "fastssl.eval", str(notes), "--on-bad skip")
+    r = _cmd("fastssl.eval", ["knn", "--checkpoint", out, "--data", bad, "--workers", 1, "--on-bad", "skip"])
+    assert r.returncode == 0 and "knn: top-1" in r.stdout, r.stderr[-2000:]
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_runs_nothing(small, tmp_path):
+    data, run = small
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    torch.save({"model": _Evil(marker), "config": {"method": "simclr"}}, evil / "last.pt")
+    r = _cmd("fastssl.eval", ["knn", "--checkpoint", evil])
+    assert_one_line_error(r, 2, "fastssl.eval", str(evil / "last.pt"), "nothing in it ran")
+    out = tmp_path / "resumed"
+    shutil.copytree(run, out)
+    shutil.copy(evil / "last.pt", out / "last.pt")
+    r = _cmd("fastssl.train", _flags(data, out, "--resume", "auto"))
+    assert_one_line_error(r, 1, "fastssl.train", str(out / "last.pt"), "not unpickled")
+    assert not marker.exists()
+    torch.load(evil / "last.pt", weights_only=False)  # the same file under full pickle: the command runs
+    assert marker.exists()  # (so the file is a real attack and the refusal above is what stopped it)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["knn", "--checkpoint", "/no/such/run"], ["checkpoint not found: /no/such/run"]),
+    (["knn", "--checkpoint", "RUN", "--k", "0"], ["--k", "must be >= 1"]),
+    (["knn", "--checkpoint", "RUN", "--temperature", "0"], ["--temperature", "must be > 0"]),
+    (["knn", "--checkpoint", "RUN", "--data", "TRAIN_ONLY"], ["no val/ split"]),
+    (["knn", "--checkpoint", "NOT_A_CKPT"], ["cannot read checkpoint"]),
+])
+def test_eval_errors(args, needles, small, tmp_path):
+    data, run = small
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    subs = {"RUN": run, "TRAIN_ONLY": data / "train", "NOT_A_CKPT": tmp_path / "junk.pt"}
+    r = _cmd("fastssl.eval", [subs.get(a, a) for a in args])
+    assert_one_line_error(r, 2, "fastssl.eval", *needles)
+
+
+def test_the_training_loop_imports_no_command_line():
+    """The trainer raises what the CLIs catch because the error types live in fastssl.errors; it must
+    not import train.py / eval.py (that cycle made `python -m fastssl.train` print tracebacks)."""
+    code = ("import sys, fastssl.trainer, fastssl.evaluation, fastssl.data; "
+            "print(sorted(m for m in sys.modules if m in ('fastssl.train', 'fastssl.eval')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
+
+
+def test_corrupt_jpeg_body_stops_the_run_naming_it(small, tmp_path):
+    """Header and end marker intact, body zeroed: DALI would train on flat grey; the run refuses it."""
+    data, _ = small
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    victim = sorted(p for p in (bad / "train").rglob("*") if p.is_file())[3]
+    raw = victim.read_bytes()  # zero the entropy-coded bytes after the SOS segment, keep the end marker
+    sos = raw.index(b"\xff\xda")
+    body = sos + 2 + int.from_bytes(raw[sos + 2:sos + 4], "big")
+    victim.write_bytes(raw[:body] + bytes(len(raw) - body - 2) + b"\xff\xd9")
+    out = tmp_path / "run"
+    r = _cmd("fastssl.train", _flags(bad, out), env={"FASTSSL_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(r, 1, "fastssl.train", str(victim), "corrupt JPEG data", "--on-bad skip")
+    assert not out.exists()
