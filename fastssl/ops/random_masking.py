@@ -153,6 +153,8 @@ def _(seed, batch, num_patches, len_keep):
 
 def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
     """One 62-bit Philox seed (int64 0-d CPU tensor) from ``generator`` (default: the global CPU RNG)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator (the seed is drawn on the host), "
                          f"got one on {generator.device}")
