@@ -111,7 +111,7 @@ def mae_forward(encoder: VisionTransformer, decoder: MAEDecoder, images: torch.T
     if fused:
         loss = masked_patch_mse(pred, images, mask, p, norm_pix)
     else:
-        loss = masked_patch_mse_ref(pred.float(), images.float(), mask, p, norm_pix)
+        loss = masked_patch_mse_ref(pred, images, mask, p, norm_pix)
     return loss, pred
 
 

@@ -6,16 +6,11 @@ import torch
 from fastssl.ops._backend import triton_interpreting
 
 
-@pytest.fixture
-def backend(monkeypatch):
-    def use(name):
-        if name == "triton" and not triton_interpreting():
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (CUDA runs: the cuda-marked tests)")
-        if name is None:
-            monkeypatch.delenv("FASTSSL_BACKEND", raising=False)
-        else:
-            monkeypatch.setenv("FASTSSL_BACKEND", name)
-    return use
+def use_backend(monkeypatch, name):
+    """Force one back end for the test (FASTSSL_BACKEND); Triton on CPU tensors needs the interpreter."""
+    if name == "triton" and not triton_interpreting():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (CUDA runs: the cuda-marked tests)")
+    monkeypatch.setenv("FASTSSL_BACKEND", name)
 
 
 @pytest.fixture(autouse=True)

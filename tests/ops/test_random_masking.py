@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from mae_helpers import _one_thread, backend  # noqa: F401  (fixtures)
+from mae_helpers import _one_thread, use_backend  # noqa: F401  (_one_thread: autouse fixture)
 
 from fastssl.ops import random_masking, random_masking_ref
 from fastssl.ops.random_masking import draw_seed, masking_keys, num_keep, philox_uint32
@@ -38,8 +38,8 @@ def test_num_keep(n, ratio, expected):
 @pytest.mark.parametrize("bk", ["native", "triton", "ref"])
 @pytest.mark.parametrize("b,n", [(1, 1), (1, 7), (3, 49), (2, 100), (5, 196)])
 @pytest.mark.parametrize("ratio", RATIOS)
-def test_same_masks_every_backend(backend, bk, b, n, ratio):
-    backend(bk)
+def test_same_masks_every_backend(monkeypatch, bk, b, n, ratio):
+    use_backend(monkeypatch, bk)
     k = num_keep(n, ratio)
     ids_keep, ids_restore, mask = random_masking(b, n, ratio, generator=torch.Generator().manual_seed(11))
     # the keys the op used: the same generator state -> the same seed
@@ -88,10 +88,10 @@ def test_reproducible_and_fresh_per_call():
 
 
 @pytest.mark.parametrize("bk", ["native", "triton"])
-def test_uniform_chi_square(backend, bk):
+def test_uniform_chi_square(monkeypatch, bk):
     """Each position is masked with frequency ratio (chi-square over positions), and the number of
     masked patches per sample is exact."""
-    backend(bk)
+    use_backend(monkeypatch, bk)
     n, ratio, draws = 49, 0.75, 4000 if bk == "native" else 400
     g = torch.Generator().manual_seed(0)
     masks = random_masking(draws, n, ratio, generator=g)[2]
