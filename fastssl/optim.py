@@ -72,8 +72,9 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
         g.pop("lars", None)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":  # a method may set ``adamw_betas`` (MAE: beta2 = 0.95)
+        betas = tuple(getattr(model, "adamw_betas", (0.9, 0.999)))
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 

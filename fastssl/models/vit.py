@@ -236,6 +236,14 @@ class VisionTransformer(nn.Module):
             x = blk(x)
         return self.norm(x)
 
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The transformer over given tokens ``[B, N, embed_dim]`` (position embeddings already added,
+        e.g. MAE's visible tokens): dropout, blocks, final norm -> ``[B, N, embed_dim]``."""
+        x = self.pos_drop(tokens)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_features(x)
         feats = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)

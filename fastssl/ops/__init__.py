@@ -19,3 +19,12 @@ __all__ = [
     "nt_xent",
     "nt_xent_ref",
 ]
+
+# MAE token ops (masking, masked-only patch embedding, unshuffle, masked-patch loss)
+from fastssl.ops.masked_patch_embed import masked_patch_embed, masked_patch_embed_ref  # noqa: E402
+from fastssl.ops.masked_patch_mse import masked_patch_mse, masked_patch_mse_ref, patchify, unpatchify  # noqa: E402
+from fastssl.ops.random_masking import random_masking, random_masking_ref  # noqa: E402
+from fastssl.ops.unshuffle import unshuffle, unshuffle_ref  # noqa: E402
+
+__all__ += ["masked_patch_embed", "masked_patch_embed_ref", "masked_patch_mse", "masked_patch_mse_ref", "patchify",
+            "unpatchify", "random_masking", "random_masking_ref", "unshuffle", "unshuffle_ref"]

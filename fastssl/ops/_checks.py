@@ -1,0 +1,59 @@
+"""Input checks shared by the MAE token ops (ValueError with a message naming the argument)."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, x, dim: int | None = None, float_: bool = True) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if dim is not None and x.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {tuple(x.shape)}")
+    if float_ and x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float16/bfloat16/float32/float64, got {x.dtype}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+
+
+def check_ids(name: str, ids, ref: torch.Tensor, batch: int) -> None:
+    check_tensor(name, ids, dim=2, float_=False)
+    if ids.dtype != torch.int64:
+        raise ValueError(f"{name} must be int64, got {ids.dtype}")
+    if ids.shape[0] != batch:
+        raise ValueError(f"{name} has batch {ids.shape[0]}, expected {batch}")
+    if ids.device != ref.device:
+        raise ValueError(f"{name} is on {ids.device} but the data is on {ref.device}")
+
+
+def check_same(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor, dtype: bool = True) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}")
+    if dtype and a.dtype != b.dtype:
+        raise ValueError(f"{a_name} is {a.dtype} but {b_name} is {b.dtype} (cast them to one dtype, or run "
+                         "under torch.autocast)")
+
+
+def check_patch(images: torch.Tensor, patch_size) -> tuple[int, int]:
+    """(gh, gw) patch grid of images [B, C, H, W]; ValueError when the patch does not divide H or W."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    h, w = images.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"patch_size {patch_size} does not divide the image size {h}x{w}")
+    return h // patch_size, w // patch_size
+
+
+def patch_view(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H, W] (any strides) -> a view [B, gh, gw, C, p, p] (no copy)."""
+    p = patch_size
+    return images.unflatten(2, (-1, p)).unflatten(4, (-1, p)).permute(0, 2, 4, 1, 3, 5)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype active for ``device``'s type, or None."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
