@@ -114,23 +114,20 @@ def _row_rnorm_kernel(
 
 @triton.jit
 def _fwd_tile(m_i, l_i, q, K, RNK, start, offs_n, d, a_i, self_col, special, NK, D,
-              TAIL: tl.constexpr, EXCLUDE_SELF: tl.constexpr, NORMALIZE: tl.constexpr, EVEN_D: tl.constexpr,
+              EXCLUDE_SELF: tl.constexpr, NORMALIZE: tl.constexpr, EVEN_D: tl.constexpr,
               UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     cols = start + tl.arange(0, BLOCK_N)
-    k = _load_tile(K + tl.cast(start, tl.int64) * D, offs_n, NK - start, d, D, TAIL, EVEN_D, UPCAST)
+    k = _load_tile(K + tl.cast(start, tl.int64) * D, offs_n, NK - start, d, D, True, EVEN_D, UPCAST)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # fp32 [BLOCK_M, BLOCK_N] raw dots
     if NORMALIZE:
-        if TAIL:
-            rk = tl.load(RNK + cols, mask=cols < NK, other=0.0)
-        else:
-            rk = tl.load(RNK + cols)
+        rk = tl.load(RNK + cols, mask=cols < NK, other=0.0)
         s = s * rk[None, :]
     s2 = s * a_i[:, None]  # base-2 logits
-    if EXCLUDE_SELF:
-        if special:  # only the tiles that hold self keys pay for the mask
-            s2 = tl.where(cols[None, :] != self_col[:, None], s2, float("-inf"))
-    if TAIL:
-        s2 = tl.where((cols < NK)[None, :], s2, float("-inf"))
+    if special:  # only the tiles that hold self keys or the tail pay for the masks
+        valid = (cols < NK)[None, :]
+        if EXCLUDE_SELF:
+            valid = valid & (cols[None, :] != self_col[:, None])
+        s2 = tl.where(valid, s2, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s2, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s2 - m_new[:, None])
@@ -186,14 +183,12 @@ def _info_nce_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)  # running max of base-2 logits
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(logit - m_i)
-    n_full = (NK // BLOCK_N) * BLOCK_N
     first = row0 + self_offset  # self keys of this row block: [first, first + BLOCK_M)
-    for start in range(0, n_full, BLOCK_N):
-        special = _hits(start, first, first + BLOCK_M, BLOCK_N)
-        m_i, l_i = _fwd_tile(m_i, l_i, q, K, RNK, start, offs_n, d, a_i, self_col, special, NK, D, False,
-                             EXCLUDE_SELF, NORMALIZE, EVEN_D, UPCAST, DOT_PRECISION, BLOCK_N)
-    if n_full < NK:
-        m_i, l_i = _fwd_tile(m_i, l_i, q, K, RNK, n_full, offs_n, d, a_i, self_col, True, NK, D, True,
+    for start in range(0, NK, BLOCK_N):
+        special = start + BLOCK_N > NK
+        if EXCLUDE_SELF:
+            special = special | _hits(start, first, first + BLOCK_M, BLOCK_N)
+        m_i, l_i = _fwd_tile(m_i, l_i, q, K, RNK, start, offs_n, d, a_i, self_col, special, NK, D,
                              EXCLUDE_SELF, NORMALIZE, EVEN_D, UPCAST, DOT_PRECISION, BLOCK_N)
     lse2 = m_i + tl.log2(l_i)
 
@@ -209,7 +204,9 @@ def _info_nce_fwd_kernel(
         pos = tl.where(ok, pos, 0)
     kp = tl.load(K + pos.to(tl.int64)[:, None] * D + d[None, :], mask=ok[:, None] & (d < D)[None, :],
                  other=0.0).to(tl.float32)
-    s_pos = tl.sum(q.to(tl.float32) * kp, 1) * a_i
+    qf = tl.load(Q + tl.cast(row0, tl.int64) * D + offs_m, mask=row_mask[:, None] & (d < D)[None, :],
+                 other=0.0).to(tl.float32)  # from L2, not kept live through the loop
+    s_pos = tl.sum(qf * kp, 1) * a_i
     if NORMALIZE:
         s_pos = s_pos * tl.load(RNK + pos, mask=ok, other=0.0)
     loss = (lse2 - s_pos) * _LN2
@@ -224,29 +221,21 @@ def _info_nce_fwd_kernel(
 
 @triton.jit
 def _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, start, offs_n, d, a_i, lse_i, rows, pos, special, c_scale, R, D,
-                      TAIL: tl.constexpr, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, EVEN_D: tl.constexpr,
-                      UPCAST: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
+                      NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr,
+                      IN_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     cols = start + tl.arange(0, BLOCK_N)
-    zj = _load_tile(Z + tl.cast(start, tl.int64) * D, offs_n, R - start, d, D, TAIL, EVEN_D, UPCAST)
+    cmask = cols < R
+    zj = _load_tile(Z + tl.cast(start, tl.int64) * D, offs_n, R - start, d, D, True, EVEN_D, UPCAST)
     s = tl.dot(zi, tl.trans(zj), input_precision=DOT_PRECISION)
-    if TAIL:
-        lse_j = tl.load(LSE + cols, mask=cols < R, other=0.0) * _LOG2E
-    else:
-        lse_j = tl.load(LSE + cols) * _LOG2E
+    lse_j = tl.load(LSE + cols, mask=cmask, other=0.0) * _LOG2E
     if NORMALIZE:
-        if TAIL:
-            rj = tl.load(RN + cols, mask=cols < R, other=0.0)
-        else:
-            rj = tl.load(RN + cols)
+        rj = tl.load(RN + cols, mask=cmask, other=0.0)
         s = s * rj[None, :]
     s2 = s * a_i[:, None]
     g = tl.exp2(s2 - lse_i[:, None]) + tl.exp2(s2 - lse_j[None, :])  # P_ij + P_ji
-    if special:  # tiles holding self keys or positives: the masks, the -2 in fp32 before the cast
-        g = tl.where(cols[None, :] != rows[:, None], g, 0.0)  # a select: an overflowed self term is dropped
+    if special:  # tiles holding self keys, positives or the tail: masks, and the -2 in fp32 before the cast
+        g = tl.where((cols[None, :] != rows[:, None]) & cmask[None, :], g, 0.0)  # a select: drops inf too
         g = g - tl.where(cols[None, :] == pos[:, None], 2.0, 0.0)
-    if TAIL:
-        g = tl.where((cols < R)[None, :], g, 0.0)
     if NORMALIZE:  # G_ij * r_j (and the fp16 scale) so that the dot with the raw rows gives sum_j G_ij u_j
         g = g * (rj * c_scale)[None, :]
     elif SCALE_G:
@@ -311,21 +300,19 @@ def _nt_xent_bwd_kernel(
     pb_lo = tl.maximum(row0, HALF) - HALF
     pb_hi = row0 + BLOCK_M - HALF
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    n_full = (R // BLOCK_N) * BLOCK_N
-    for start in range(0, n_full, BLOCK_N):
-        special = (_hits(start, row0, row0 + BLOCK_M, BLOCK_N) | _hits(start, pa_lo, pa_hi, BLOCK_N)
-                   | _hits(start, pb_lo, pb_hi, BLOCK_N))
+    for start in range(0, R, BLOCK_N):
+        special = ((start + BLOCK_N > R) | _hits(start, row0, row0 + BLOCK_M, BLOCK_N)
+                   | _hits(start, pa_lo, pa_hi, BLOCK_N) | _hits(start, pb_lo, pb_hi, BLOCK_N))
         acc = _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, start, offs_n, d, a_i, lse_i, rows, pos, special, c_scale, R,
-                                D, False, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
-    if n_full < R:
-        acc = _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, n_full, offs_n, d, a_i, lse_i, rows, pos, True, c_scale, R,
-                                D, True, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
+                                D, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
 
     # fp32 epilogue: undo the G scale, the mean and 1/tau, then normalization's backward
     # dz_i = r_i (g_i - <g_i, u_i> u_i) with the exact input row.
     dmask = row_mask[:, None] & (d < D)[None, :]
     gu = acc * (tl.load(GRAD) / (c_scale * R * tau))
-    zf = zi.to(tl.float32)
+    # the rows again from memory (L2): keeping zi live for the epilogue would hold it in a second
+    # register layout through the loop (sm80: spills)
+    zf = tl.load(Z + tl.cast(row0, tl.int64) * D + offs_m, mask=dmask, other=0.0).to(tl.float32)
     if NORMALIZE:
         rad = tl.sum(gu * zf, 1) * ri
         dz = (gu - (rad * ri)[:, None] * zf) * ri[:, None]
@@ -342,25 +329,22 @@ def _nt_xent_bwd_kernel(
 
 @triton.jit
 def _dq_tile(acc, q, K, RNK, start, offs_n, d, a_i, lse_i, self_col, pos, special, c_scale, NK, D,
-             TAIL: tl.constexpr, EXCLUDE_SELF: tl.constexpr, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr,
+             EXCLUDE_SELF: tl.constexpr, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr,
              EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IN_DTYPE: tl.constexpr,
              DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     cols = start + tl.arange(0, BLOCK_N)
-    k = _load_tile(K + tl.cast(start, tl.int64) * D, offs_n, NK - start, d, D, TAIL, EVEN_D, UPCAST)
+    cmask = cols < NK
+    k = _load_tile(K + tl.cast(start, tl.int64) * D, offs_n, NK - start, d, D, True, EVEN_D, UPCAST)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if NORMALIZE:
-        if TAIL:
-            rk = tl.load(RNK + cols, mask=cols < NK, other=0.0)
-        else:
-            rk = tl.load(RNK + cols)
+        rk = tl.load(RNK + cols, mask=cmask, other=0.0)
         s = s * rk[None, :]
     g = tl.exp2(s * a_i[:, None] - lse_i[:, None])  # P_ij
-    if special:  # tiles holding self keys or positives
+    if special:  # tiles holding self keys, positives or the tail
+        valid = cmask[None, :]
         if EXCLUDE_SELF:
-            g = tl.where(cols[None, :] != self_col[:, None], g, 0.0)
-        g = g - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
-    if TAIL:
-        g = tl.where((cols < NK)[None, :], g, 0.0)
+            valid = valid & (cols[None, :] != self_col[:, None])
+        g = tl.where(valid, g, 0.0) - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
     if NORMALIZE:
         g = g * (rk * c_scale)[None, :]
     elif SCALE_G:
@@ -427,20 +411,16 @@ def _info_nce_bwd_dq_kernel(
     p_lo = tl.min(tl.where(row_mask, pos, NK), 0)
     p_hi = tl.max(tl.where(row_mask, pos, -1), 0) + 1
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    n_full = (NK // BLOCK_N) * BLOCK_N
-    for start in range(0, n_full, BLOCK_N):
-        special = _hits(start, p_lo, p_hi, BLOCK_N)
+    for start in range(0, NK, BLOCK_N):
+        special = (start + BLOCK_N > NK) | _hits(start, p_lo, p_hi, BLOCK_N)
         if EXCLUDE_SELF:
             special = special | _hits(start, first, first + BLOCK_M, BLOCK_N)
-        acc = _dq_tile(acc, q, K, RNK, start, offs_n, d, a_i, lse_i, self_col, pos, special, c_scale, NK, D, False,
-                       EXCLUDE_SELF, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
-    if n_full < NK:
-        acc = _dq_tile(acc, q, K, RNK, n_full, offs_n, d, a_i, lse_i, self_col, pos, True, c_scale, NK, D, True,
+        acc = _dq_tile(acc, q, K, RNK, start, offs_n, d, a_i, lse_i, self_col, pos, special, c_scale, NK, D,
                        EXCLUDE_SELF, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
 
     dmask = row_mask[:, None] & (d < D)[None, :]
     gu = acc * (tl.load(GRAD) / (c_scale * M * tau))
-    qf = q.to(tl.float32)
+    qf = tl.load(Q + tl.cast(row0, tl.int64) * D + offs_m, mask=dmask, other=0.0).to(tl.float32)  # from L2
     if NORMALIZE:
         rad = tl.sum(gu * qf, 1) * ri
         dq = (gu - (rad * ri)[:, None] * qf) * ri[:, None]
@@ -528,7 +508,7 @@ def _info_nce_bwd_dk_kernel(
     gv = acc * (tl.load(GRAD) / (c_scale * M * tau))
     dmask = col_mask[:, None] & (d < D)[None, :]
     if NORMALIZE:
-        kf = k.to(tl.float32)
+        kf = tl.load(K + tl.cast(col0, tl.int64) * D + offs_n, mask=dmask, other=0.0).to(tl.float32)  # from L2
         rad = tl.sum(gv * kf, 1) * rk
         dk = (gv - (rad * rk)[:, None] * kf) * rk[:, None]
     else:

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -277,7 +277,7 @@ def triton_config(kind: str, dtype: torch.dtype, d: int, arch: tuple[int, int] |
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages, UPCAST=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _device_arch(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
@@ -303,11 +303,11 @@ def _common(x: Tensor, cfg: dict, d: int) -> dict:
 # compile test specializes exactly what a launch passes.
 
 
-def rnorm_plan(x: Tensor, rn: Tensor) -> list:
+def rnorm_plan(x: Tensor, rn: Tensor, arch) -> list:
     r, d = x.shape
-    block_r = 16 if not x.is_cuda else 64
+    block_r = 16 if arch is None else 64  # memory-bound: 64 rows x 128 columns per step, 4 warps
     return [(K._row_rnorm_kernel, (triton.cdiv(r, block_r),), (x, rn, r, d),
-             dict(BLOCK_R=block_r, BLOCK_D=min(block_d_for(d), 128), num_warps=4 if x.is_cuda else 1))]
+             dict(BLOCK_R=block_r, BLOCK_D=min(block_d_for(d), 128), num_warps=1 if arch is None else 4))]
 
 
 def fwd_plan(q, k, rnq, rnk, pos, tau, lse, loss, *, self_offset, exclude_self, pos_half, normalize, arch):
@@ -355,7 +355,7 @@ def _rnorm(x: Tensor, normalize: bool) -> Tensor:
     if not normalize:
         return x.new_ones(x.shape[0], dtype=torch.float32)
     rn = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    _launch(rnorm_plan(x, rn), x)
+    _launch(rnorm_plan(x, rn, _arch(x)), x)
     return rn
 
 
