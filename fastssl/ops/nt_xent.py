@@ -114,6 +114,11 @@ def _check_temperature(temperature):
     return temperature
 
 
+def _check(cond, msg: str) -> None:
+    """torch._check with ValueError: symbolic-shape friendly under torch.compile, no host sync."""
+    torch._check_with(ValueError, cond, lambda: msg)
+
+
 def _check_embeddings(name: str, z) -> None:
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -121,8 +126,8 @@ def _check_embeddings(name: str, z) -> None:
         raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(z.shape)}")
     if z.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float16/bfloat16/float32/float64, got {z.dtype}")
-    torch._check_with(ValueError, z.shape[0] != 0, lambda: f"{name} is an empty batch (shape {tuple(z.shape)})")
-    torch._check_with(ValueError, z.shape[1] != 0, lambda: f"{name} has embedding dim D=0 (shape {tuple(z.shape)})")
+    _check(z.shape[0] != 0, f"{name} is an empty batch (shape [0, D])")
+    _check(z.shape[1] != 0, f"{name} has embedding dim D=0 (shape [N, 0])")
 
 
 def _check_same(a_name, a, b_name, b) -> None:
@@ -136,25 +141,22 @@ def _check_pair(z1, z2) -> None:
     _check_embeddings("z1", z1)
     _check_embeddings("z2", z2)
     for i in (0, 1):
-        torch._check_with(ValueError, z1.shape[i] == z2.shape[i], lambda: (
-            f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"))
+        _check(z1.shape[i] == z2.shape[i], "z1 and z2 must have the same shape")
     _check_same("z1", z1, "z2", z2)
 
 
 def _check_info_nce(query, keys, positive_index, exclude_self) -> None:
     _check_embeddings("query", query)
     _check_embeddings("keys", keys)
-    torch._check_with(ValueError, query.shape[1] == keys.shape[1], lambda: (
-        f"query and keys must have the same dim, got {query.shape[1]} and {keys.shape[1]}"))
+    _check(query.shape[1] == keys.shape[1], "query and keys must have the same dim")
     _check_same("query", query, "keys", keys)
     if not isinstance(positive_index, torch.Tensor):
         raise ValueError("positive_index must be an integer tensor [M]")
     if positive_index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise ValueError(f"positive_index must be an integer tensor, got {positive_index.dtype}")
     if positive_index.dim() != 1:
-        raise ValueError(f"positive_index must have shape [{query.shape[0]}], got {tuple(positive_index.shape)}")
-    torch._check_with(ValueError, positive_index.shape[0] == query.shape[0], lambda: (
-        f"positive_index must have shape [{query.shape[0]}], got {tuple(positive_index.shape)}"))
+        raise ValueError(f"positive_index must have shape [M] (M = query rows), got {tuple(positive_index.shape)}")
+    _check(positive_index.shape[0] == query.shape[0], "positive_index must have shape [M] (M = query rows)")
     if positive_index.device != query.device:
         raise ValueError(f"positive_index is on {positive_index.device} but query is on {query.device}")
     if query.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -363,7 +365,7 @@ def _triton_forward(q, k, pos, tau, normalize, self_offset, exclude_self, pos_ha
     """Rows' lse and loss, plus the inverse norms (the backward reuses them)."""
     m = q.shape[0]
     rnq = _rnorm(q, normalize)
-    rnk = rnq if k is q else _rnorm(k, normalize)
+    rnk = rnq.clone() if k is q else _rnorm(k, normalize)  # op outputs may not alias each other
     lse = torch.empty(m, dtype=torch.float32, device=q.device)
     loss = torch.empty(m, dtype=torch.float32, device=q.device)
     _launch(fwd_plan(q, k, rnq, rnk, pos, tau, lse, loss, self_offset=self_offset, exclude_self=exclude_self,
@@ -722,6 +724,7 @@ def info_nce(query, keys, positive_index, temperature=0.1, normalize=True, exclu
     tau = _check_temperature(temperature)
     backend = _pick_backend(query)
     if backend == "ref":
+        tau = _tau_tensor(tau, query) if isinstance(tau, torch.Tensor) else tau
         out = info_nce_ref(query, keys, positive_index, tau, normalize, exclude_self)
         return out.to(_compute_dtype(query.dtype))
     q = query.contiguous()
@@ -752,6 +755,7 @@ def nt_xent(z1, z2, temperature=0.1, normalize=True, gather=False):
     z = torch.cat([z1, z2], dim=0)
     backend = _pick_backend(z)
     if backend == "ref":
+        tau = _tau_tensor(tau, z) if isinstance(tau, torch.Tensor) else tau
         return nt_xent_ref(z1, z2, tau, normalize, gather).to(_compute_dtype(z.dtype))
     t = _tau_tensor(tau, z)
     ws = world_size() if gather else 1
