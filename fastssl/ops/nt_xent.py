@@ -249,7 +249,7 @@ _CONFIGS = {
     ("fwd", 2, 16): (128, 64, 4, 3), ("fwd", 2, 32): (128, 64, 4, 3), ("fwd", 2, 64): (128, 64, 4, 3),
     ("fwd", 2, 128): (128, 64, 8, 3), ("fwd", 2, 256): (64, 64, 8, 2), ("fwd", 2, 512): (64, 32, 8, 2),
     ("bwd", 2, 16): (128, 64, 4, 3), ("bwd", 2, 32): (128, 64, 4, 3), ("bwd", 2, 64): (128, 64, 8, 3),
-    ("bwd", 2, 128): (128, 64, 8, 2), ("bwd", 2, 256): (64, 64, 8, 2), ("bwd", 2, 512): (32, 32, 8, 2),
+    ("bwd", 2, 128): (64, 64, 4, 2), ("bwd", 2, 256): (64, 64, 8, 2), ("bwd", 2, 512): (32, 32, 8, 2),
     ("fwd", 4, 16): (64, 64, 4, 3), ("fwd", 4, 32): (64, 64, 4, 3), ("fwd", 4, 64): (64, 64, 4, 3),
     ("fwd", 4, 128): (64, 64, 8, 2), ("fwd", 4, 256): (64, 32, 8, 2), ("fwd", 4, 512): (32, 32, 8, 1),
     ("bwd", 4, 16): (64, 64, 4, 2), ("bwd", 4, 32): (64, 64, 4, 2), ("bwd", 4, 64): (64, 64, 4, 2),
@@ -577,12 +577,17 @@ def _(grad, z, tau, lse, rn, normalize, need_dtau, backend):
     return _native_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau)
 
 
+def _rn_max(rn: Tensor, x: Tensor, normalize: bool) -> Tensor:
+    """max_j 1/|x_j| for the fp16 G scale (one small reduction, fp16 only; else unused by the kernel)."""
+    return rn.amax().reshape(1) if (normalize and x.dtype == torch.float16) else rn
+
+
 def _triton_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau):
     dz = torch.empty_like(z)
     rad = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
     tau32 = tau.float()
-    _launch(nt_xent_bwd_plan(z, rn, rn.amax().reshape(1), lse, tau32, grad.float(), dz, rad, normalize=normalize,
-                             arch=_arch(z)), z)
+    _launch(nt_xent_bwd_plan(z, rn, _rn_max(rn, z, normalize), lse, tau32, grad.float(), dz, rad,
+                             normalize=normalize, arch=_arch(z)), z)
     dtau = (-rad.sum() / (2 * tau32)).to(tau.dtype) if need_dtau else torch.zeros_like(tau)
     return dz, dtau
 
@@ -643,7 +648,7 @@ def _triton_info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_of
     dq = torch.empty_like(q) if want_dq else None
     dk = torch.empty_like(k) if need_dk else None
     rad = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
-    _launch(info_nce_bwd_plan(q, k, rnq, rnk, rnq.amax().reshape(1), rnk.amax().reshape(1), pos, lse, tau32,
+    _launch(info_nce_bwd_plan(q, k, rnq, rnk, _rn_max(rnq, q, normalize), _rn_max(rnk, k, normalize), pos, lse, tau32,
                               grad.float(), dq, dk, rad, self_offset=self_offset, exclude_self=exclude_self,
                               normalize=normalize, arch=_arch(q)), q)
     dtau = (-rad.sum() / tau32).to(tau.dtype) if need_dtau else torch.zeros_like(tau)

@@ -99,8 +99,12 @@ def _check_nt_xent(z1, z2, tau, normalize=True, rtol=None):
         assert_rel_close(loss, ref64, low, dtype=dtype, name="loss")
     else:  # converged: the loss is far below the 16-bit reference's own error; fp32 accumulation resolves it
         assert_rel_close(loss, ref64, dtype=dtype, name="loss")
-    assert_rel_close(g1, r1, l1, dtype=dtype, name="grad z1")
-    assert_rel_close(g2, r2, l2, dtype=dtype, name="grad z2")
+    # fp32 resolves G = P_ij + P_ji - 2[pos] to ~eps32 absolute: dz_i to ~eps32 / (tau |z_i|); a gradient
+    # below that (a saturated loss, e.g. N=2, tau=0.01) is checked against that resolution instead
+    z = torch.cat([z1, z2]).double().cpu()
+    res = 16 * torch.finfo(torch.float32).eps / tau / float(z.norm(dim=1).clamp_min(1e-12).min()) if normalize else 0.0
+    assert_rel_close(g1, r1, l1, dtype=dtype, name="grad z1", resolution=res)
+    assert_rel_close(g2, r2, l2, dtype=dtype, name="grad z2", resolution=res)
     if rtol is not None:
         assert_rel_close(g1, r1, dtype=dtype, rtol=rtol, name="grad z1 (floor)")
         assert_rel_close(g2, r2, dtype=dtype, rtol=rtol, name="grad z2 (floor)")
