@@ -12,8 +12,8 @@ For the symmetric loss dL/du_i = sum_j G_ij u_j / tau, G_ij = (P_ij + P_ji - 2[j
 P_ij = exp(S_ij / tau - lse_i), one pass per row block without atomics. Normalization is fused: the
 raw rows enter the similarity dots and the normalization's backward dz_i = (g_i - <g_i, u_i> u_i) / |z_i|
 runs in the kernels' fp32 epilogue. Back ends (``fastssl.ops._backend``):
-- CUDA tensors: the Triton kernels of ``fastssl.kernels.nt_xent`` (D <= 512, fp16/bf16/fp32);
-- CPU tensors (and CUDA fp64 or D > 512): a blockwise PyTorch version of the same algorithm, row
+- CUDA tensors: the Triton kernels of ``fastssl.kernels.nt_xent`` (fp16/bf16 D <= 512, fp32 D <= 128);
+- CPU tensors (and CUDA fp64, D > 512, fp32 D > 128): a blockwise PyTorch version of the same algorithm, row
   blocks of at most ``CPU_BLOCK_ELEMS`` similarities against all keys (exact logsumexp per block,
   matmuls), memory O(N*D + CPU_BLOCK_ELEMS);
 - ``FASTSSL_BACKEND=ref``: ``*_ref``, the full-matrix spec (O(N^2) memory).
@@ -87,12 +87,14 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Blockwise path: at most this many similarities per row block (16 MB in fp32); the backward holds
 # three such temporaries, so the extra memory stays ~50 MB whatever N is.
 CPU_BLOCK_ELEMS = 1 << 22
-# Triton path keeps whole embedding rows in registers: D up to 512 (wider goes blockwise).
+# Triton path keeps whole embedding rows in registers: D up to 512 (wider goes blockwise); fp32 (tf32x3
+# dots) up to 128.
 MAX_TRITON_D = 512
+MAX_TRITON_D_FP32 = 128
 NORM_EPS = 1e-12  # F.normalize's eps
 # What runs where (shown by `python -m fastssl.info`).
 _WHERE = {"cpu": "native: blockwise PyTorch (O(N*D) memory)",
-          "cuda": f"triton: fused fwd/bwd kernels (D <= {MAX_TRITON_D}; else blockwise)"}
+          "cuda": f"triton: fused fwd/bwd kernels (D <= {MAX_TRITON_D}, fp32 D <= {MAX_TRITON_D_FP32}; else blockwise)"}
 BACKENDS = {"nt_xent": _WHERE, "info_nce": _WHERE}
 
 
@@ -170,8 +172,9 @@ def _check_info_nce(query, keys, positive_index, exclude_self) -> None:
 
 def _pick_backend(x: torch.Tensor) -> str:
     backend = choose_backend(x, ("ref", "triton", "native"))
-    if backend == "triton" and (x.dtype == torch.float64 or x.shape[1] > MAX_TRITON_D):
-        backend = "native"  # documented: fp64 and D > 512 take the blockwise path
+    if backend == "triton" and (x.dtype == torch.float64 or x.shape[1] > MAX_TRITON_D
+                                or (x.dtype == torch.float32 and x.shape[1] > MAX_TRITON_D_FP32)):
+        backend = "native"  # documented: fp64, D > 512 and fp32 with D > 128 take the blockwise path
     return backend
 
 
@@ -243,22 +246,25 @@ def nt_xent_ref(z1, z2, temperature=0.1, normalize=True, gather=False):
 SMEM_LIMIT = {(8, 0): 166912, (8, 6): 101376, (8, 7): 166912, (8, 9): 101376, (9, 0): 232448}
 
 # (kind, bytes per element, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages) on sm80/sm90;
-# small-smem parts (sm86/sm89) use SMALL_SMEM where listed. kind: "fwd" (one dot per tile) or "bwd"
-# (two dots and a [BLOCK_M, BLOCK_D] fp32 accumulator).
+# small-smem parts (sm86/sm89) use _SMALL_SMEM where listed. kind: "fwd" (one dot per tile) or "bwd"
+# (two dots and a [BLOCK_M, BLOCK_D] fp32 accumulator). Found by ahead-of-time compiles (the first
+# candidate, largest tiles first, with no spills on every arch of its group; tests/ops/test_nt_xent_aot.py
+# re-checks them). fp32 inputs run tf32x3 dots, whose operand splits take registers: small tiles, and
+# D <= MAX_TRITON_D_FP32 (the backward spills at BLOCK_D 256 even with 16 x 16 tiles).
 _CONFIGS = {
     ("fwd", 2, 16): (128, 64, 4, 3), ("fwd", 2, 32): (128, 64, 4, 3), ("fwd", 2, 64): (128, 64, 4, 3),
-    ("fwd", 2, 128): (128, 64, 8, 3), ("fwd", 2, 256): (64, 64, 8, 2), ("fwd", 2, 512): (64, 32, 8, 2),
-    ("bwd", 2, 16): (128, 64, 4, 3), ("bwd", 2, 32): (128, 64, 4, 3), ("bwd", 2, 64): (128, 64, 8, 3),
-    ("bwd", 2, 128): (64, 64, 4, 2), ("bwd", 2, 256): (64, 64, 8, 2), ("bwd", 2, 512): (32, 32, 8, 2),
-    ("fwd", 4, 16): (64, 64, 4, 3), ("fwd", 4, 32): (64, 64, 4, 3), ("fwd", 4, 64): (64, 64, 4, 3),
-    ("fwd", 4, 128): (64, 64, 8, 2), ("fwd", 4, 256): (64, 32, 8, 2), ("fwd", 4, 512): (32, 32, 8, 1),
-    ("bwd", 4, 16): (64, 64, 4, 2), ("bwd", 4, 32): (64, 64, 4, 2), ("bwd", 4, 64): (64, 64, 4, 2),
-    ("bwd", 4, 128): (64, 32, 8, 2), ("bwd", 4, 256): (32, 32, 8, 1), ("bwd", 4, 512): (16, 32, 8, 1),
+    ("fwd", 2, 128): (128, 64, 8, 3), ("fwd", 2, 256): (128, 64, 8, 2), ("fwd", 2, 512): (64, 64, 8, 2),
+    ("bwd", 2, 16): (64, 64, 4, 2), ("bwd", 2, 32): (64, 64, 4, 2), ("bwd", 2, 64): (64, 64, 4, 2),
+    ("bwd", 2, 128): (64, 64, 4, 2), ("bwd", 2, 256): (64, 64, 8, 2), ("bwd", 2, 512): (32, 32, 8, 1),
+    ("fwd", 4, 16): (64, 32, 4, 2), ("fwd", 4, 32): (64, 32, 4, 2), ("fwd", 4, 64): (64, 32, 4, 2),
+    ("fwd", 4, 128): (16, 32, 4, 2),
+    ("bwd", 4, 16): (32, 32, 4, 2), ("bwd", 4, 32): (32, 32, 4, 2), ("bwd", 4, 64): (32, 32, 4, 2),
+    ("bwd", 4, 128): (16, 16, 4, 2),
 }
 _SMALL_SMEM = {
-    ("fwd", 2, 256): (64, 64, 8, 1), ("fwd", 2, 512): (32, 32, 8, 1),
-    ("bwd", 2, 128): (64, 64, 8, 2), ("bwd", 2, 256): (64, 32, 8, 1), ("bwd", 2, 512): (32, 32, 8, 1),
-    ("fwd", 4, 256): (32, 32, 8, 1), ("bwd", 4, 128): (32, 32, 8, 2),
+    ("fwd", 2, 512): (32, 32, 4, 2), ("bwd", 2, 512): (32, 32, 8, 1),
+    ("fwd", 4, 16): (32, 32, 4, 2), ("fwd", 4, 32): (32, 32, 4, 2), ("fwd", 4, 64): (32, 32, 4, 2),
+    ("bwd", 4, 128): (16, 32, 4, 2),
 }
 
 

@@ -147,7 +147,7 @@ def test_converged_regime(n, d, tau, be, dtype, on, small_blocks):
 TRITON_CASES = [
     (1, 3, 0.07, torch.float32),
     (2, 64, 0.5, torch.float32),
-    (3, 200, 0.01, torch.float32),
+    (3, 100, 0.01, torch.float32),
     (17, 64, 0.01, torch.float32),
     (17, 3, 0.07, torch.float16),
     (9, 128, 0.5, torch.bfloat16),
@@ -251,14 +251,15 @@ def test_gradcheck_float64(backend):
     z2 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     tau = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     for normalize in (True, False):
-        assert torch.autograd.gradcheck(lambda a, b, t: nt_xent(a, b, t, normalize=normalize), (z1, z2, tau))
+        assert torch.autograd.gradcheck(lambda a, b, t, nm=normalize: nt_xent(a, b, t, normalize=nm), (z1, z2, tau))
     q = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     k = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     pos = torch.tensor([1, 0, 5, 2])
     for normalize in (True, False):
         for exclude_self in (False, True):
             assert torch.autograd.gradcheck(
-                lambda a, b, t: info_nce(a, b, pos, t, normalize=normalize, exclude_self=exclude_self), (q, k, tau))
+                lambda a, b, t, nm=normalize, ex=exclude_self: info_nce(a, b, pos, t, normalize=nm, exclude_self=ex),
+                (q, k, tau))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -420,12 +421,18 @@ def test_ref_backend_returns_fp32(backend):
     assert loss.dtype == torch.float32
 
 
-def test_wide_embeddings_take_blockwise_path(backend):
-    backend("triton")  # D > MAX_TRITON_D falls back to the blockwise path
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, ntx.MAX_TRITON_D + 1),
+                                     (torch.float32, ntx.MAX_TRITON_D_FP32 + 1)], ids=str)
+def test_wide_embeddings_take_blockwise_path(dtype, d, backend, monkeypatch):
+    """D > 512 (fp32: D > 128) falls back to the blockwise path under FASTSSL_BACKEND=triton."""
+    backend("triton")
     if not triton_interpreting():
         pytest.skip("FASTSSL_BACKEND=triton on CPU tensors needs the interpreter")
-    z1, z2 = torch.randn(3, ntx.MAX_TRITON_D + 1), torch.randn(3, ntx.MAX_TRITON_D + 1)
-    _check_nt_xent(z1, z2, 0.1)
+    calls = []
+    real = ntx._native_nt_xent_fwd
+    monkeypatch.setattr(ntx, "_native_nt_xent_fwd", lambda *a: calls.append(1) or real(*a))
+    _check_nt_xent(*_pair(3, d, dtype), 0.1)
+    assert calls
 
 
 def test_memory_is_linear_in_batch(backend, monkeypatch):
