@@ -30,9 +30,10 @@ Numerics contract (what tests/ops/test_nt_xent.py enforces):
 - similarities, exp/log, the loss and every accumulation in fp32 (fp64 for fp64 inputs). Triton path:
   the raw input rows go to tensor-core dots with fp32 accumulation (16-bit inputs as they are; fp32
   inputs, D <= 128, as tf32x3: three tf32 products, whose split error (3.8e-8 on emulated D=128
-  cosines) is below fp32 accumulation's own (2.7e-7); bf16x3 would give 2.1e-6, tf32 1.2e-4), each tile is scaled in fp32 by 1/|z_i| 1/|z_j| / tau, and the gradient tiles G are
-  rounded to the input dtype for the second dot (fp16: scaled by 2^14 / max_j(1/|z_j|) first, so
-  that P ~ 1/2N never goes subnormal); normalization's backward in fp32. The blockwise CPU path
+  cosines) is below fp32 accumulation's own (2.7e-7); bf16x3 would give 2.1e-6, tf32 1.2e-4), each
+  tile is scaled in fp32 by 1/|z_i| 1/|z_j| / tau, and the gradient tiles G are rounded to the input
+  dtype for the second dot (fp16: scaled by 2^14 / max_j(1/|z_j|) first, so that P ~ 1/2N never goes
+  subnormal); D is zero-padded to a multiple of 16 (exact); normalization's backward in fp32. The blockwise CPU path
   computes in fp32 throughout, also inside a torch.autocast region (autocast is off inside the op);
 - returns an fp32 scalar (fp64 for fp64 inputs); gradients in the input dtype;
 - error bound: |loss - ref64| and every gradient's max error at most 2x the error of the reference
@@ -359,6 +360,17 @@ def _launch(plan: list, x: Tensor) -> None:
             wrap_triton(kernel)[grid](*args, **kw)
 
 
+def _pad16(x: Tensor) -> Tensor:
+    """Zero columns up to a multiple of 16: dots and norms are unchanged, and the row stride gets
+    Triton's divisibility hint (D=200 without it: scalar loads, 64-bit pointers per element, spills)."""
+    d = x.shape[1]
+    return x if d % 16 == 0 else F.pad(x, (0, 16 - d % 16))
+
+
+def _unpad(g: Tensor, d: int) -> Tensor:
+    return g if g.shape[1] == d else g[:, :d].contiguous()
+
+
 def _rnorm(x: Tensor, normalize: bool) -> Tensor:
     if not normalize:
         return x.new_ones(x.shape[0], dtype=torch.float32)
@@ -370,6 +382,8 @@ def _rnorm(x: Tensor, normalize: bool) -> Tensor:
 def _triton_forward(q, k, pos, tau, normalize, self_offset, exclude_self, pos_half):
     """Rows' lse and loss, plus the inverse norms (the backward reuses them)."""
     m = q.shape[0]
+    q, k = _pad16(q), (None if k is q else _pad16(k))
+    k = q if k is None else k
     rnq = _rnorm(q, normalize)
     rnk = rnq.clone() if k is q else _rnorm(k, normalize)  # op outputs may not alias each other
     lse = torch.empty(m, dtype=torch.float32, device=q.device)
@@ -589,13 +603,15 @@ def _rn_max(rn: Tensor, x: Tensor, normalize: bool) -> Tensor:
 
 
 def _triton_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau):
+    d = z.shape[1]
+    z = _pad16(z)
     dz = torch.empty_like(z)
     rad = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
     tau32 = tau.float()
     _launch(nt_xent_bwd_plan(z, rn, _rn_max(rn, z, normalize), lse, tau32, grad.float(), dz, rad,
                              normalize=normalize, arch=_arch(z)), z)
     dtau = (-rad.sum() / (2 * tau32)).to(tau.dtype) if need_dtau else torch.zeros_like(tau)
-    return dz, dtau
+    return _unpad(dz, d), dtau
 
 
 def _nt_xent_setup(ctx, inputs, output):
@@ -650,6 +666,9 @@ def _triton_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self):
 def _triton_info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq,
                          need_dk, need_dtau):
     tau32 = tau.float()
+    d = q.shape[1]
+    q, k = _pad16(q), (None if k is q else _pad16(k))
+    k = q if k is None else k
     want_dq = need_dq or need_dtau
     dq = torch.empty_like(q) if want_dq else None
     dk = torch.empty_like(k) if need_dk else None
@@ -658,7 +677,8 @@ def _triton_info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_of
                               grad.float(), dq, dk, rad, self_offset=self_offset, exclude_self=exclude_self,
                               normalize=normalize, arch=_arch(q)), q)
     dtau = (-rad.sum() / tau32).to(tau.dtype) if need_dtau else torch.zeros_like(tau)
-    return dq if need_dq else q.new_empty(0), _or_empty(dk, k), dtau
+    dq = _unpad(dq, d) if need_dq else q.new_empty(0)
+    return dq, _unpad(dk, d) if dk is not None else k.new_empty(0), dtau
 
 
 @triton_op("fastssl::info_nce_fwd", mutates_args=())

@@ -39,7 +39,7 @@ def _plans(dtype, d: int, n: int, arch):
     ntx = importlib.import_module("fastssl.ops.nt_xent")
 
     r = 2 * n
-    z = torch.empty(r, d, dtype=dtype)
+    z = ntx._pad16(torch.empty(r, d, dtype=dtype))  # the launchers pad D to a multiple of 16
     f32 = dict(dtype=torch.float32)
     rn, lse, loss, rad = torch.empty(r, **f32), torch.empty(r, **f32), torch.empty(r, **f32), torch.empty(r, **f32)
     one = torch.empty(1, **f32)
