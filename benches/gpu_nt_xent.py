@@ -1,18 +1,23 @@
 """GPU check for the fused NT-Xent (called by benches/gpu_check.sh; plain script, no pytest).
 
-bf16 CUDA, N in {4096, 16384, 65536}, D=128: ms forward, ms forward+backward, achieved TFLOP/s
-counting 2*(2N)^2*D for the forward and 3x that for forward+backward, peak memory, against the
-bf16 matmul rate measured on the same card (target: >= 50% of it) and the naive full-matrix
-PyTorch loss (skipped where it cannot fit). Prints a short table and appends rows to
-benches/results/<device>.csv through harness.append_row.
+CUDA, D=128, N in {4096, 65536, 1048576} (2N views), bf16 and fp32: ms forward, ms forward+backward,
+achieved TFLOP/s counting 2*(2N)^2*D per GEMM-equivalent (1 for the forward, 3 for forward+backward:
+the similarity tiles, their recomputation and G @ Z), peak extra memory, against the bf16 matmul rate
+measured on the same card, next to the naive full-matrix loss and torch.compile of it where they fit
+in memory. Targets (benchmarks, not timed tests): N=65536 bf16 fwd+bwd >= 60% of the measured matmul
+rate; N=1048576 bf16 fwd+bwd < 5 s with < 2 GB extra memory (the exp unit bounds it near 3 s on an
+H200). A size whose time, extrapolated (x N^2) from the previous one, exceeds --max-seconds is skipped
+and recorded as such. Prints a table and appends rows to benches/results/<device>.csv through
+harness.append_row.
 
-    TRITON_INTERPRET=0 python benches/gpu_nt_xent.py            # on a CUDA machine
-    python benches/gpu_nt_xent.py --device cpu --sizes 256 --no-record   # logic smoke test on CPU
+    TRITON_INTERPRET=0 python benches/gpu_nt_xent.py                      # on a CUDA machine
+    python benches/gpu_nt_xent.py --device cpu --no-record                # logic smoke test on CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -24,12 +29,15 @@ from bench_nt_xent import TAU, D, fwd_bwd, naive_bytes, naive_nt_xent  # noqa: E
 
 from fastssl.ops import nt_xent  # noqa: E402
 
-SIZES = (4096, 16384, 65536)
-TARGET_FRACTION = 0.5  # of the measured bf16 matmul rate
+SIZES = (4096, 65536, 1048576)
+CPU_SIZES = (64, 256)  # --device cpu smoke test
+DTYPES = ("bfloat16", "float32")
+TARGET_FRACTION = 0.6  # of the measured bf16 matmul rate, N=65536 bf16
+TARGET_1M_S, TARGET_1M_GB = 5.0, 2.0
 
 
 def fwd_flops(n: int, d: int = D) -> float:
-    """The issue's count: one (2N x D) @ (D x 2N) similarity matmul."""
+    """One (2N x D) @ (D x 2N) similarity GEMM."""
     return 2.0 * (2 * n) ** 2 * d
 
 
@@ -41,15 +49,16 @@ def tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12 if ms > 0 else float("nan")
 
 
-def matmul_ceiling_tflops(device, dtype, size: int = 8192, rounds: int = 20) -> float:
-    """Measured dense matmul rate on this device (the roofline the loss is judged against)."""
+def matmul_ceiling_tflops(device, size: int = 8192, rounds: int = 20) -> float:
+    """Measured dense bf16 matmul rate on this device (the roofline the loss is judged against)."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     ms = harness.time_ms(lambda: a @ b, device, rounds, warmup=3)
     return tflops(2.0 * size ** 3, ms)
 
 
-def naive_fits(n: int, device, dtype) -> bool:
+def fits(n: int, device, dtype) -> bool:
     """The naive loss holds ~4 2N x 2N matrices (logits, mask fill, softmax, its gradient)."""
     if torch.device(device).type != "cuda":
         return n <= 4096
@@ -57,23 +66,28 @@ def naive_fits(n: int, device, dtype) -> bool:
     return 2 * naive_bytes(n, torch.finfo(dtype).bits // 8) < 0.9 * free
 
 
-def measure(n: int, device, dtype, rounds: int) -> dict:
+def _time_and_peak(fn, device, rounds):
+    ms = harness.time_ms(fn, device, rounds, warmup=1)
+    return ms, harness.peak_memory_mb(fn, device)
+
+
+def measure(n: int, device, dtype, rounds: int, baselines: bool = True) -> dict:
     g = torch.Generator(device="cpu").manual_seed(0)
     z1 = torch.randn(n, D, generator=g).to(device=device, dtype=dtype)
     z2 = torch.randn(n, D, generator=g).to(device=device, dtype=dtype)
-    fb = fwd_bwd(nt_xent, z1, z2)
-    row = dict(n=n)
-    row["fwd_ms"] = harness.time_ms(lambda: nt_xent(z1, z2, TAU), device, rounds, warmup=2)
-    row["fwd_bwd_ms"] = harness.time_ms(fb, device, rounds, warmup=2)
-    row["peak_mb"] = harness.peak_memory_mb(fb, device)
+    row = dict(n=n, dtype=str(dtype).replace("torch.", ""))
+    row["fwd_ms"] = harness.time_ms(lambda: nt_xent(z1, z2, TAU), device, rounds, warmup=1)
+    row["fwd_bwd_ms"], row["peak_mb"] = _time_and_peak(fwd_bwd(nt_xent, z1, z2), device, rounds)
     row["fwd_tflops"] = tflops(fwd_flops(n), row["fwd_ms"])
     row["fwd_bwd_tflops"] = tflops(fwd_bwd_flops(n), row["fwd_bwd_ms"])
-    row["naive_ms"] = row["naive_peak_mb"] = float("nan")
-    if naive_fits(n, device, dtype):
-        nb = fwd_bwd(naive_nt_xent, z1, z2)
+    for name in ("naive", "torch.compile"):
+        row[f"{name}_ms"] = row[f"{name}_peak_mb"] = float("nan")
+        if not (baselines and fits(n, device, dtype)):
+            continue
+        fn = naive_nt_xent if name == "naive" else torch.compile(naive_nt_xent)
         try:
-            row["naive_ms"] = harness.time_ms(nb, device, max(3, rounds // 3), warmup=1)
-            row["naive_peak_mb"] = harness.peak_memory_mb(nb, device)
+            row[f"{name}_ms"], row[f"{name}_peak_mb"] = _time_and_peak(fwd_bwd(fn, z1, z2), device,
+                                                                       max(3, rounds // 3))
         except torch.OutOfMemoryError:
             pass
         if torch.device(device).type == "cuda":
@@ -81,55 +95,79 @@ def measure(n: int, device, dtype, rounds: int) -> dict:
     return row
 
 
-def record(row: dict, device, dtype, ceiling: float) -> None:
-    shape = f"N={row['n']},D={D},{str(dtype).replace('torch.', '')}"
-    speedup = row["naive_ms"] / row["fwd_bwd_ms"]
-    for op, ms, tf in (("nt_xent_fwd", row["fwd_ms"], row["fwd_tflops"]),
-                       ("nt_xent_fwd_bwd", row["fwd_bwd_ms"], row["fwd_bwd_tflops"])):
-        naive = op == "nt_xent_fwd_bwd"
-        harness.append_row(dict(
-            device=harness.device_name(device), op=op, shape=shape, impl="fastssl", ms=f"{ms:.3f}",
-            baseline="naive" if naive else "", baseline_ms=f"{row['naive_ms']:.3f}" if naive else "",
-            ratio=f"{speedup:.3f}" if naive else "",
-            peak_mb=f"{row['peak_mb']:.1f}", baseline_peak_mb=f"{row['naive_peak_mb']:.1f}" if naive else "",
-            extra=(f"tflops={tf:.1f};matmul_ceiling_tflops={ceiling:.1f};"
-                   f"pct_of_ceiling={100 * tf / ceiling:.1f}")))
+def record(row: dict, device, ceiling: float) -> None:
+    shape = f"N={row['n']},D={D},{row['dtype']}"
+    base = dict(device=harness.device_name(device), shape=shape, impl="fastssl", peak_mb=f"{row['peak_mb']:.1f}")
+    pct = 100 * row["fwd_bwd_tflops"] / ceiling
+    info = (f"tflops={row['fwd_bwd_tflops']:.1f};matmul_ceiling_tflops={ceiling:.1f};pct_of_ceiling={pct:.1f};"
+            f"fwd_ms={row['fwd_ms']:.3f};fwd_tflops={row['fwd_tflops']:.1f}")
+    for name in ("naive", "torch.compile"):
+        harness.append_row(dict(base, op="nt_xent_fwd_bwd", ms=f"{row['fwd_bwd_ms']:.3f}", baseline=name,
+                                baseline_ms=f"{row[f'{name}_ms']:.3f}",
+                                ratio=f"{row[f'{name}_ms'] / row['fwd_bwd_ms']:.3f}",
+                                baseline_peak_mb=f"{row[f'{name}_peak_mb']:.1f}", extra=info))
+
+
+def skipped_row(n, dtype, device, projected_s, limit_s) -> None:
+    harness.append_row(dict(device=harness.device_name(device), op="nt_xent_fwd_bwd",
+                            shape=f"N={n},D={D},{dtype}", impl="fastssl", ms="nan",
+                            extra=f"skipped: projected {projected_s:.0f} s > --max-seconds {limit_s:.0f}"))
 
 
 def table(rows: list[dict], ceiling: float) -> str:
-    head = (f"{'N':>6} {'fwd ms':>8} {'TF/s':>6} {'fwd+bwd ms':>10} {'TF/s':>6} {'%ceil':>6} "
-            f"{'peak MB':>8} {'naive ms':>9} {'speedup':>7}")
-    lines = [f"NT-Xent D={D}, matmul ceiling {ceiling:.1f} TFLOP/s (target >= {100 * TARGET_FRACTION:.0f}%)",
-             head]
+    head = (f"{'N':>8} {'dtype':>8} {'fwd ms':>9} {'fwd+bwd ms':>10} {'TF/s':>6} {'%ceil':>6} {'peak MB':>8} "
+            f"{'naive ms':>9} {'compile ms':>10}")
+    lines = [f"NT-Xent D={D}, measured bf16 matmul {ceiling:.1f} TFLOP/s; targets: N=65536 bf16 >= "
+             f"{100 * TARGET_FRACTION:.0f}%, N=1048576 bf16 < {TARGET_1M_S:.0f} s and < {TARGET_1M_GB:.0f} GB", head]
     for r in rows:
-        lines.append(f"{r['n']:>6} {r['fwd_ms']:>8.3f} {r['fwd_tflops']:>6.1f} {r['fwd_bwd_ms']:>10.3f} "
-                     f"{r['fwd_bwd_tflops']:>6.1f} {100 * r['fwd_bwd_tflops'] / ceiling:>6.1f} "
-                     f"{r['peak_mb']:>8.1f} {r['naive_ms']:>9.3f} {r['naive_ms'] / r['fwd_bwd_ms']:>7.2f}")
+        if "skipped" in r:
+            lines.append(f"{r['n']:>8} {r['dtype']:>8}  skipped: {r['skipped']}")
+            continue
+        lines.append(f"{r['n']:>8} {r['dtype']:>8} {r['fwd_ms']:>9.2f} {r['fwd_bwd_ms']:>10.2f} "
+                     f"{r['fwd_bwd_tflops']:>6.1f} {100 * r['fwd_bwd_tflops'] / ceiling:>6.1f} {r['peak_mb']:>8.1f} "
+                     f"{r['naive_ms']:>9.2f} {r['torch.compile_ms']:>10.2f}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
-    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help=f"default {SIZES} (cpu: {CPU_SIZES})")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--max-seconds", type=float, default=60.0,
+                    help="skip a size whose extrapolated fwd+bwd time x (rounds + 3) exceeds this")
+    ap.add_argument("--no-baselines", action="store_true", help="fastssl only")
     ap.add_argument("--no-record", action="store_true", help="do not append CSV rows")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_nt_xent: no CUDA device, nothing to do")
         return 0
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda"
-                                                             else torch.float32)
-    ceiling = matmul_ceiling_tflops(device, dtype, size=8192 if device.type == "cuda" else 512,
-                                    rounds=20 if device.type == "cuda" else 3)
+    cpu = device.type == "cpu"
+    sizes = args.sizes or (CPU_SIZES if cpu else SIZES)
+    ceiling = matmul_ceiling_tflops(device, size=512 if cpu else 8192, rounds=3 if cpu else 20)
     rows = []
-    for n in args.sizes:
-        row = measure(n, device, dtype, args.rounds)
-        rows.append(row)
-        if not args.no_record:
-            record(row, device, dtype, ceiling)
+    for dt in args.dtypes:
+        dtype = getattr(torch, dt)
+        prev = None
+        for n in sorted(sizes):
+            rounds = args.rounds if n <= 65536 else 2
+            if prev is not None:
+                projected = prev["fwd_bwd_ms"] * (n / prev["n"]) ** 2 / 1e3 * (rounds + 3)
+                if projected > args.max_seconds:
+                    rows.append(dict(n=n, dtype=dt, skipped=f"projected {projected:.0f} s"))
+                    if not args.no_record:
+                        skipped_row(n, dt, device, projected, args.max_seconds)
+                    continue
+            row = measure(n, device, dtype, rounds, baselines=not args.no_baselines)
+            assert math.isfinite(row["fwd_bwd_ms"])
+            rows.append(row)
+            prev = row
+            if not args.no_record:
+                record(row, device, ceiling)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     print(table(rows, ceiling))
     return 0
 

@@ -1,17 +1,33 @@
-"""Triton device code for NT-Xent / InfoNCE (launchers and autograd live in fastssl/ops/nt_xent.py).
+"""Triton device code for NT-Xent / InfoNCE (launchers, torch.library ops and autograd live in
+fastssl/ops/nt_xent.py).
 
-Notation: queries Q [M, D], keys K [Nk, D] (already L2-normalized by the caller when asked),
-raw similarity S_ij = <q_i, k_j>, logits S_ij / tau. Row i's candidates are every key j except,
-with EXCLUDE_SELF, the key j == i + self_offset (its own copy in the key set). The positive of row i
-is the key pos[i]. Per-row loss: lse_i - S_{i,pos(i)} / tau.
+Notation: queries Q [M, D], keys K [Nk, D] as the caller passed them (raw, NOT normalized), their
+inverse norms rq_i = 1 / max(|q_i|, eps), rk_j (fp32, from ``_row_rnorm_kernel``; all ones when
+normalize=False, where the kernels skip them), cosine S_ij = rq_i rk_j <q_i, k_j>, logits S_ij / tau.
+Fused normalization: the raw 16-bit rows go to tl.dot (fp32 accumulation) and each similarity tile is
+scaled in fp32 by rq_i rk_j; the normalization's backward runs in the fp32 epilogue of the gradient
+kernels. Nothing is rounded to 16 bits between the input and the logits.
 
-Every kernel streams over blocks of the other side (flash-attention style) and never materializes
-the [M, Nk] matrix: the forward keeps an online (max, sum) in base 2 and writes lse_i (natural log,
-in logit units; the launcher adds the positive's logit); the backwards recompute the similarity tiles from Q, K, lse.
+Row i's candidates are every key j except, with EXCLUDE_SELF, the key j == i + self_offset. Per-row
+loss: lse_i - S_{i,pos(i)} / tau; tau is read from a device tensor (no host sync; a learnable tau
+gets dL/dtau from the per-row radial terms RAD_i = <dL/du_i, u_i> the gradient kernels write).
+
+Lean inner loops: the key range is walked as full tiles (no bounds masks) plus one tail tile (column
+mask). The self-exclusion and positive tests run only in the tiles that hold a self key or a
+positive of the program's rows (a uniform scalar branch per tile); the positive's -1 (-2 for the
+symmetric loss) enters G in fp32 before the cast, so in the converged regime, where P_i,pos ~ 1, the
+cancellation happens before any 16-bit rounding. In-tile indices are 32-bit, only per-program base
+offsets are 64-bit; 1/tau, log2(e) and 1/|z_i| fold into one per-row factor feeding exp2. The forward
+adds the positive's logit in its epilogue (one gathered row per query).
+
+The gradient tiles G are cast to the input dtype for the second tensor-core dot. For fp16 they are
+first scaled by G_SCALE / max_j rk_j (undone in fp32 in the epilogue): P_ij ~ 1/2N or smaller is
+subnormal in fp16 otherwise.
+
 No atomics: each program owns its output rows, so results are bitwise reproducible.
-
 Interpreter (TRITON_INTERPRET=1): UPCAST loads 16-bit inputs as fp32 (the numpy interpreter has no
-bf16 arithmetic). On a GPU, 16-bit tiles go to tl.dot as they are (fp32 accumulation).
+bf16 arithmetic) and rounds G to the input dtype exactly as the GPU cast would (round to nearest even),
+so the interpreter sees the kernel's 16-bit rounding.
 """
 
 import triton
@@ -19,201 +35,482 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E) (host float, for the launchers)
 LN2 = 0.6931471805599453  # ln(2): back from base-2 to natural log
+NORM_EPS = 1e-12  # F.normalize's eps: u = x / max(|x|, eps)
+G_SCALE = 16384.0  # fp16 G scale: |G| <= 2 -> <= 32768 < 65504 (fp16 max); P ~ 1e-7 stays normal
 # Compiled kernels may only read constexpr globals.
 _LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(LN2)
+_NORM_EPS = tl.constexpr(NORM_EPS)
+_G_SCALE = tl.constexpr(G_SCALE)
 _NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(-inf - it) = 0, no NaN
 
 
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
 @triton.jit
-def _load_rows(ptr, rows, row_mask, d, d_mask, D, UPCAST: tl.constexpr):
-    """Rows ``rows`` of a row-major [*, D] matrix, zeros outside the masks; fp32 when UPCAST."""
-    x = tl.load(ptr + rows[:, None] * D + d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+def _load_tile(base, offs, rows_left, d, D, MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr):
+    """Rows [0, BLOCK) of a row-major [*, D] block at ``base`` (``offs`` = in-tile 32-bit offsets);
+    rows >= rows_left (MASK_ROWS) and columns >= D (not EVEN_D) read as 0; fp32 when UPCAST."""
+    if MASK_ROWS:
+        r = tl.arange(0, offs.shape[0])
+        if EVEN_D:
+            x = tl.load(base + offs, mask=(r < rows_left)[:, None], other=0.0)
+        else:
+            x = tl.load(base + offs, mask=(r < rows_left)[:, None] & (d < D)[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(base + offs)
+        else:
+            x = tl.load(base + offs, mask=(d < D)[None, :], other=0.0)
     if UPCAST:
         x = x.to(tl.float32)
     return x
 
 
 @triton.jit
+def _to_dot(x, IN_DTYPE: tl.constexpr, UPCAST: tl.constexpr):
+    """fp32 tile -> the second dot's operand dtype. Interpreter: the same rounding, kept in fp32."""
+    if UPCAST:
+        if IN_DTYPE == tl.bfloat16:  # round to nearest even on the bits (the interpreter's cast truncates)
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return bits.to(tl.float32, bitcast=True)
+        elif IN_DTYPE == tl.float16:
+            return x.to(tl.float16).to(tl.float32)
+        else:
+            return x
+    else:
+        return x.to(IN_DTYPE)
+
+
+@triton.jit
+def _row_rnorm_kernel(
+    X,  # *T [R, D] contiguous rows
+    RN,  # *fp32 [R] out: 1 / max(|x_r|, eps)
+    R,  # rows
+    D,  # width
+    BLOCK_R: tl.constexpr,  # rows per program
+    BLOCK_D: tl.constexpr,  # columns per step
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    base = X + pid.to(tl.int64) * BLOCK_R * D
+    ssq = tl.zeros([BLOCK_R], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        x = tl.load(base + tl.arange(0, BLOCK_R)[:, None] * D + d[None, :],
+                    mask=rmask[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)
+        ssq += tl.sum(x * x, 1)
+    rn = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(ssq), _NORM_EPS))
+    tl.store(RN + rows, rn, mask=rmask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# forward
+
+
+@triton.jit
+def _fwd_tile(m_i, l_i, q, K, RNK, start, offs_n, d, a_i, self_col, special, NK, D,
+              EXCLUDE_SELF: tl.constexpr, NORMALIZE: tl.constexpr, EVEN_D: tl.constexpr,
+              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    cols = start + tl.arange(0, BLOCK_N)
+    k = _load_tile(K + tl.cast(start, tl.int64) * D, offs_n, NK - start, d, D, True, EVEN_D, UPCAST)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # fp32 [BLOCK_M, BLOCK_N] raw dots
+    if NORMALIZE:
+        rk = tl.load(RNK + cols, mask=cols < NK, other=0.0)
+        s = s * rk[None, :]
+    s2 = s * a_i[:, None]  # base-2 logits
+    if special:  # only the tiles that hold self keys or the tail pay for the masks
+        valid = (cols < NK)[None, :]
+        if EXCLUDE_SELF:
+            valid = valid & (cols[None, :] != self_col[:, None])
+        s2 = tl.where(valid, s2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s2, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s2 - m_new[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _hits(start, lo, hi, BLOCK_N: tl.constexpr):
+    """Does key tile [start, start + BLOCK_N) intersect [lo, hi)?"""
+    return (start < hi) & (start + BLOCK_N > lo) & (lo < hi)
+
+
+@triton.jit
 def _info_nce_fwd_kernel(
-    Q,  # *T [M, D] contiguous queries
-    K,  # *T [Nk, D] contiguous keys
+    Q,  # *T [M, D] contiguous raw queries
+    K,  # *T [Nk, D] contiguous raw keys
+    RNQ,  # *fp32 [M] inverse query norms (NORMALIZE)
+    RNK,  # *fp32 [Nk] inverse key norms (NORMALIZE)
+    POS,  # *int64 [M] positives (unless POS_HALF)
+    TAU,  # *fp32 [1] temperature
     LSE,  # *fp32 [M] out: logsumexp over the candidates of row i, natural log, logit units
+    LOSS,  # *fp32 [M] out: lse_i - S_{i,pos(i)} / tau (NaN for an invalid positive)
     M,  # number of queries
     NK,  # number of keys
     D,  # embedding width (<= BLOCK_D)
     self_offset,  # key index of query 0's own copy (EXCLUDE_SELF only)
-    qk_scale,  # log2(e) / tau: raw dot -> base-2 logits
+    HALF,  # POS_HALF: pos(i) = (i + HALF) mod M
     EXCLUDE_SELF: tl.constexpr,  # drop key i + self_offset from row i's candidates
+    POS_HALF: tl.constexpr,  # NT-Xent's positives, computed instead of read
+    NORMALIZE: tl.constexpr,  # cosine similarity (scale by RNQ, RNK)
+    EVEN_D: tl.constexpr,  # D == BLOCK_D: no column masks
     UPCAST: tl.constexpr,  # load as fp32 (interpreter: no bf16 arithmetic)
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32/fp64 inputs (no silent tf32), "tf32" otherwise
+    DOT_PRECISION: tl.constexpr,  # "tf32x3" for fp32 inputs, "tf32" otherwise (ignored for 16-bit)
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # keys per step of the stream
     BLOCK_D: tl.constexpr,  # next power of two >= D (whole rows stay in registers)
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < D
-    q = _load_rows(Q, rows, row_mask, d, d_mask, D, UPCAST)
+    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
+    offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
+    q = _load_tile(Q + tl.cast(row0, tl.int64) * D, offs_m, M - row0, d, D, True, EVEN_D, UPCAST)
+    qk_scale = _LOG2E / tl.load(TAU)
+    if NORMALIZE:
+        rq = tl.load(RNQ + rows, mask=row_mask, other=0.0)
+        a_i = rq * qk_scale
+    else:
+        a_i = tl.zeros([BLOCK_M], tl.float32) + qk_scale
     self_col = rows + self_offset
 
-    # The positive's logit is an O(M*D) row dot done by the launcher: picking it out of every tile
-    # would cost three more ALU ops per similarity in a loop that is ALU/exp-bound.
     m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)  # running max of base-2 logits
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(logit - m_i)
+    first = row0 + self_offset  # self keys of this row block: [first, first + BLOCK_M)
     for start in range(0, NK, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < NK
-        k = _load_rows(K, cols, col_mask, d, d_mask, D, UPCAST)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # fp32 [BLOCK_M, BLOCK_N]
-        valid = col_mask[None, :]
+        special = start + BLOCK_N > NK
         if EXCLUDE_SELF:
-            valid = valid & (cols[None, :] != self_col[:, None])
-        s2 = tl.where(valid, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s2, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s2 - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-    lse = (m_i + tl.log2(l_i)) * _LN2
-    tl.store(LSE + rows, lse, mask=row_mask)
+            special = special | _hits(start, first, first + BLOCK_M, BLOCK_N)
+        m_i, l_i = _fwd_tile(m_i, l_i, q, K, RNK, start, offs_n, d, a_i, self_col, special, NK, D,
+                             EXCLUDE_SELF, NORMALIZE, EVEN_D, UPCAST, DOT_PRECISION, BLOCK_N)
+    lse2 = m_i + tl.log2(l_i)
+
+    # the positive's logit: one gathered row per query, products summed in fp32
+    if POS_HALF:
+        pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
+        ok = row_mask
+    else:
+        pos = tl.load(POS + rows, mask=row_mask, other=0)
+        ok = row_mask & (pos >= 0) & (pos < NK)
+        if EXCLUDE_SELF:
+            ok = ok & (pos != self_col)
+        pos = tl.where(ok, pos, 0)
+    kp = tl.load(K + pos.to(tl.int64)[:, None] * D + d[None, :], mask=ok[:, None] & (d < D)[None, :],
+                 other=0.0).to(tl.float32)
+    qf = tl.load(Q + tl.cast(row0, tl.int64) * D + offs_m, mask=row_mask[:, None] & (d < D)[None, :],
+                 other=0.0).to(tl.float32)  # from L2, not kept live through the loop
+    s_pos = tl.sum(qf * kp, 1) * a_i
+    if NORMALIZE:
+        s_pos = s_pos * tl.load(RNK + pos, mask=ok, other=0.0)
+    loss = (lse2 - s_pos) * _LN2
+    loss = tl.where(ok, loss, float("nan"))  # invalid positive_index: NaN, never a silent number
+    tl.store(LSE + rows, lse2 * _LN2, mask=row_mask)
+    tl.store(LOSS + rows, loss, mask=row_mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# backward: symmetric NT-Xent, one pass per row block
+
+
+@triton.jit
+def _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, start, offs_n, d, a_i, lse_i, rows, pos, special, c_scale, R, D,
+                      NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr,
+                      IN_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    cols = start + tl.arange(0, BLOCK_N)
+    cmask = cols < R
+    zj = _load_tile(Z + tl.cast(start, tl.int64) * D, offs_n, R - start, d, D, True, EVEN_D, UPCAST)
+    s = tl.dot(zi, tl.trans(zj), input_precision=DOT_PRECISION)
+    lse_j = tl.load(LSE + cols, mask=cmask, other=0.0) * _LOG2E
+    if NORMALIZE:
+        rj = tl.load(RN + cols, mask=cmask, other=0.0)
+        s = s * rj[None, :]
+    s2 = s * a_i[:, None]
+    g = tl.exp2(s2 - lse_i[:, None]) + tl.exp2(s2 - lse_j[None, :])  # P_ij + P_ji
+    if special:  # tiles holding self keys, positives or the tail: masks, and the -2 in fp32 before the cast
+        g = tl.where((cols[None, :] != rows[:, None]) & cmask[None, :], g, 0.0)  # a select: drops inf too
+        g = g - tl.where(cols[None, :] == pos[:, None], 2.0, 0.0)
+    if NORMALIZE:  # G_ij * r_j (and the fp16 scale) so that the dot with the raw rows gives sum_j G_ij u_j
+        g = g * (rj * c_scale)[None, :]
+    elif SCALE_G:
+        g = g * c_scale
+    return acc + tl.dot(_to_dot(g, IN_DTYPE, UPCAST), zj, input_precision=DOT_PRECISION)
 
 
 @triton.jit
 def _nt_xent_bwd_kernel(
-    Z,  # *T [R, D] contiguous, R = 2N: [z1; z2] (normalized); queries and keys at once
+    Z,  # *T [R, D] contiguous raw rows [z1; z2] (queries and keys at once)
+    RN,  # *fp32 [R] inverse norms (NORMALIZE)
+    RN_MAX,  # *fp32 [1] max of RN (NORMALIZE and SCALE_G)
     LSE,  # *fp32 [R] from the forward
-    DZ,  # *fp32 [R, D] out: dLoss/dZ for a unit upstream gradient
+    TAU,  # *fp32 [1] temperature
+    GRAD,  # *fp32 [1] upstream gradient of the mean loss
+    DZ,  # *T [R, D] out: dLoss/dZ
+    RAD,  # *fp32 [R] out: <dLoss/du_i, u_i> (for dL/dtau)
     R,  # 2N rows
     HALF,  # N: the positive of row i is (i + N) mod 2N
     D,  # embedding width (<= BLOCK_D)
-    qk_scale,  # log2(e) / tau
-    grad_scale,  # 1 / (2N * tau): the mean's 1/2N and the logits' 1/tau
+    NORMALIZE: tl.constexpr,  # cosine similarity: scale by RN, normalization backward in the epilogue
+    SCALE_G: tl.constexpr,  # fp16: scale G by G_SCALE / max r before the cast
+    EVEN_D: tl.constexpr,  # D == BLOCK_D
     UPCAST: tl.constexpr,  # load as fp32 (interpreter)
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32/fp64 inputs
+    IN_DTYPE: tl.constexpr,  # tl dtype of Z (the second dot's operand dtype)
+    DOT_PRECISION: tl.constexpr,  # "tf32x3" for fp32 inputs
     BLOCK_M: tl.constexpr,  # rows of dZ per program
     BLOCK_N: tl.constexpr,  # columns per step
     BLOCK_D: tl.constexpr,  # next power of two >= D
 ):
-    # Symmetric loss: dL/dZ_i = sum_j G_ij Z_j / tau with G_ij = (P_ij + P_ji - 2[j = pos(i)]) / 2N and
+    # Symmetric loss: dL/du_i = sum_j G_ij u_j / (2N tau) with G_ij = P_ij + P_ji - 2[j = pos(i)] and
     # P_ij = exp(S_ij/tau - lse_i); S is symmetric so P_ji = exp(S_ij/tau - lse_j): one pass per row
-    # block, the column side only needs lse_j. No atomics.
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    # block, the column side only needs lse_j. The -2 u_pos(i) term is added in the epilogue.
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < R
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < D
-    zi = _load_rows(Z, rows, row_mask, d, d_mask, D, UPCAST)
+    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
+    offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
+    zi = _load_tile(Z + tl.cast(row0, tl.int64) * D, offs_m, R - row0, d, D, True, EVEN_D, UPCAST)
+    tau = tl.load(TAU)
     lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
-    pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
+    if NORMALIZE:
+        ri = tl.load(RN + rows, mask=row_mask, other=0.0)
+        a_i = ri * (_LOG2E / tau)
+    else:
+        a_i = tl.zeros([BLOCK_M], tl.float32) + _LOG2E / tau
+    if SCALE_G:
+        if NORMALIZE:
+            c_scale = _G_SCALE / tl.load(RN_MAX)
+        else:
+            c_scale = _G_SCALE
+    else:
+        c_scale = 1.0
 
+    # positives of this row block: [row0 + HALF, min(row0 + BLOCK_M, HALF) + HALF) for rows < HALF,
+    # [max(row0, HALF) - HALF, row0 + BLOCK_M - HALF) for rows >= HALF (a block may straddle HALF)
+    pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
+    pa_lo = row0 + HALF
+    pa_hi = tl.minimum(row0 + BLOCK_M, HALF) + HALF
+    pb_lo = tl.maximum(row0, HALF) - HALF
+    pb_hi = row0 + BLOCK_M - HALF
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, R, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < R
-        zj = _load_rows(Z, cols, col_mask, d, d_mask, D, UPCAST)
-        lse_j = tl.load(LSE + cols, mask=col_mask, other=0.0) * _LOG2E
-        s2 = tl.dot(zi, tl.trans(zj), input_precision=DOT_PRECISION) * qk_scale
-        valid = col_mask[None, :] & (cols[None, :] != rows[:, None])
-        s2 = tl.where(valid, s2, float("-inf"))  # before exp2: the excluded self term could overflow
-        g = tl.exp2(s2 - lse_i[:, None]) + tl.exp2(s2 - lse_j[None, :])
-        g = g - tl.where(cols[None, :] == pos[:, None], 2.0, 0.0)
-        acc += tl.dot(g.to(zj.dtype), zj, input_precision=DOT_PRECISION)
-    acc = acc * grad_scale
-    tl.store(DZ + rows[:, None] * D + d[None, :], acc, mask=row_mask[:, None] & d_mask[None, :])
+        special = ((start + BLOCK_N > R) | _hits(start, row0, row0 + BLOCK_M, BLOCK_N)
+                   | _hits(start, pa_lo, pa_hi, BLOCK_N) | _hits(start, pb_lo, pb_hi, BLOCK_N))
+        acc = _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, start, offs_n, d, a_i, lse_i, rows, pos, special, c_scale, R,
+                                D, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
+
+    # fp32 epilogue: undo the G scale, the mean and 1/tau, then normalization's backward
+    # dz_i = r_i (g_i - <g_i, u_i> u_i) with the exact input row.
+    dmask = row_mask[:, None] & (d < D)[None, :]
+    gu = acc * (tl.load(GRAD) / (c_scale * R * tau))
+    # the rows again from memory (L2): keeping zi live for the epilogue would hold it in a second
+    # register layout through the loop (sm80: spills)
+    zf = tl.load(Z + tl.cast(row0, tl.int64) * D + offs_m, mask=dmask, other=0.0).to(tl.float32)
+    if NORMALIZE:
+        rad = tl.sum(gu * zf, 1) * ri
+        dz = (gu - (rad * ri)[:, None] * zf) * ri[:, None]
+    else:
+        rad = tl.sum(gu * zf, 1)
+        dz = gu
+    tl.store(DZ + rows.to(tl.int64)[:, None] * D + d[None, :], dz.to(DZ.dtype.element_ty), mask=dmask)
+    tl.store(RAD + rows, rad, mask=row_mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# backward: general InfoNCE (queries against keys), dq and dk
+
+
+@triton.jit
+def _dq_tile(acc, q, K, RNK, start, offs_n, d, a_i, lse_i, self_col, pos, special, c_scale, NK, D,
+             EXCLUDE_SELF: tl.constexpr, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr,
+             EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IN_DTYPE: tl.constexpr,
+             DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    cols = start + tl.arange(0, BLOCK_N)
+    cmask = cols < NK
+    k = _load_tile(K + tl.cast(start, tl.int64) * D, offs_n, NK - start, d, D, True, EVEN_D, UPCAST)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if NORMALIZE:
+        rk = tl.load(RNK + cols, mask=cmask, other=0.0)
+        s = s * rk[None, :]
+    g = tl.exp2(s * a_i[:, None] - lse_i[:, None])  # P_ij
+    if special:  # tiles holding self keys, positives or the tail
+        valid = cmask[None, :]
+        if EXCLUDE_SELF:
+            valid = valid & (cols[None, :] != self_col[:, None])
+        g = tl.where(valid, g, 0.0) - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
+    if NORMALIZE:
+        g = g * (rk * c_scale)[None, :]
+    elif SCALE_G:
+        g = g * c_scale
+    return acc + tl.dot(_to_dot(g, IN_DTYPE, UPCAST), k, input_precision=DOT_PRECISION)
 
 
 @triton.jit
 def _info_nce_bwd_dq_kernel(
-    Q,  # *T [M, D] queries
-    K,  # *T [Nk, D] keys
+    Q,  # *T [M, D] raw queries
+    K,  # *T [Nk, D] raw keys
+    RNQ,  # *fp32 [M] inverse query norms (NORMALIZE)
+    RNK,  # *fp32 [Nk] inverse key norms (NORMALIZE)
+    RNK_MAX,  # *fp32 [1] max of RNK (NORMALIZE and SCALE_G)
     POS,  # *int64 [M] positives
     LSE,  # *fp32 [M] from the forward
-    DQ,  # *fp32 [M, D] out: dLoss/dQ for a unit upstream gradient
+    TAU,  # *fp32 [1] temperature
+    GRAD,  # *fp32 [1] upstream gradient of the mean loss
+    DQ,  # *T [M, D] out: dLoss/dQ
+    RAD,  # *fp32 [M] out: <dLoss/du_i, u_i> (for dL/dtau)
     M,  # number of queries
     NK,  # number of keys
     D,  # embedding width (<= BLOCK_D)
     self_offset,  # key index of query 0's own copy (EXCLUDE_SELF only)
-    qk_scale,  # log2(e) / tau
-    grad_scale,  # 1 / (M * tau)
     EXCLUDE_SELF: tl.constexpr,  # as in the forward
+    NORMALIZE: tl.constexpr,  # cosine similarity
+    SCALE_G: tl.constexpr,  # fp16 G scaling
+    EVEN_D: tl.constexpr,  # D == BLOCK_D
     UPCAST: tl.constexpr,  # load as fp32 (interpreter)
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32/fp64 inputs
+    IN_DTYPE: tl.constexpr,  # tl dtype of Q and K
+    DOT_PRECISION: tl.constexpr,  # "tf32x3" for fp32 inputs
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # keys per step
     BLOCK_D: tl.constexpr,  # next power of two >= D
 ):
-    # dL/dq_i = sum_j (P_ij - [j = pos(i)]) k_j / (M tau)
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    # dL/du_i = (sum_j P_ij v_j - v_pos(i)) / (M tau), u = normalized queries, v = normalized keys
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < D
-    q = _load_rows(Q, rows, row_mask, d, d_mask, D, UPCAST)
+    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
+    offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
+    q = _load_tile(Q + tl.cast(row0, tl.int64) * D, offs_m, M - row0, d, D, True, EVEN_D, UPCAST)
+    tau = tl.load(TAU)
     lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
-    pos = tl.load(POS + rows, mask=row_mask, other=-1)
+    if NORMALIZE:
+        ri = tl.load(RNQ + rows, mask=row_mask, other=0.0)
+        a_i = ri * (_LOG2E / tau)
+    else:
+        a_i = tl.zeros([BLOCK_M], tl.float32) + _LOG2E / tau
+    if SCALE_G:
+        if NORMALIZE:
+            c_scale = _G_SCALE / tl.load(RNK_MAX)
+        else:
+            c_scale = _G_SCALE
+    else:
+        c_scale = 1.0
     self_col = rows + self_offset
 
+    pos = tl.load(POS + rows, mask=row_mask, other=-1)
+    # tiles holding this block's self keys [first, first + BLOCK_M) or positives [p_lo, p_hi]
+    first = row0 + self_offset
+    p_lo = tl.min(tl.where(row_mask, pos, NK), 0)
+    p_hi = tl.max(tl.where(row_mask, pos, -1), 0) + 1
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, NK, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < NK
-        k = _load_rows(K, cols, col_mask, d, d_mask, D, UPCAST)
-        s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        valid = col_mask[None, :]
+        special = (start + BLOCK_N > NK) | _hits(start, p_lo, p_hi, BLOCK_N)
         if EXCLUDE_SELF:
-            valid = valid & (cols[None, :] != self_col[:, None])
-        g = tl.exp2(tl.where(valid, s2, float("-inf")) - lse_i[:, None])
-        g = g - tl.where(cols[None, :] == pos[:, None], 1.0, 0.0)
-        acc += tl.dot(g.to(k.dtype), k, input_precision=DOT_PRECISION)
-    acc = acc * grad_scale
-    tl.store(DQ + rows[:, None] * D + d[None, :], acc, mask=row_mask[:, None] & d_mask[None, :])
+            special = special | _hits(start, first, first + BLOCK_M, BLOCK_N)
+        acc = _dq_tile(acc, q, K, RNK, start, offs_n, d, a_i, lse_i, self_col, pos, special, c_scale, NK, D,
+                       EXCLUDE_SELF, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
+
+    dmask = row_mask[:, None] & (d < D)[None, :]
+    gu = acc * (tl.load(GRAD) / (c_scale * M * tau))
+    qf = tl.load(Q + tl.cast(row0, tl.int64) * D + offs_m, mask=dmask, other=0.0).to(tl.float32)  # from L2
+    if NORMALIZE:
+        rad = tl.sum(gu * qf, 1) * ri
+        dq = (gu - (rad * ri)[:, None] * qf) * ri[:, None]
+    else:
+        rad = tl.sum(gu * qf, 1)
+        dq = gu
+    tl.store(DQ + rows.to(tl.int64)[:, None] * D + d[None, :], dq.to(DQ.dtype.element_ty), mask=dmask)
+    tl.store(RAD + rows, rad, mask=row_mask)
 
 
 @triton.jit
 def _info_nce_bwd_dk_kernel(
-    Q,  # *T [M, D] queries
-    K,  # *T [Nk, D] keys
+    Q,  # *T [M, D] raw queries
+    K,  # *T [Nk, D] raw keys
+    RNQ,  # *fp32 [M] inverse query norms (NORMALIZE)
+    RNK,  # *fp32 [Nk] inverse key norms (NORMALIZE)
+    RNQ_MAX,  # *fp32 [1] max of RNQ (NORMALIZE and SCALE_G)
     POS,  # *int64 [M] positives
     LSE,  # *fp32 [M] from the forward
-    DK,  # *fp32 [Nk, D] out: dLoss/dK for a unit upstream gradient
+    TAU,  # *fp32 [1] temperature
+    GRAD,  # *fp32 [1] upstream gradient of the mean loss
+    DK,  # *T [Nk, D] out: dLoss/dK
     M,  # number of queries
     NK,  # number of keys
     D,  # embedding width (<= BLOCK_D)
     self_offset,  # key index of query 0's own copy (EXCLUDE_SELF only)
-    qk_scale,  # log2(e) / tau
-    grad_scale,  # 1 / (M * tau)
     EXCLUDE_SELF: tl.constexpr,  # as in the forward
+    NORMALIZE: tl.constexpr,  # cosine similarity
+    SCALE_G: tl.constexpr,  # fp16 G scaling
+    EVEN_D: tl.constexpr,  # D == BLOCK_D
     UPCAST: tl.constexpr,  # load as fp32 (interpreter)
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32/fp64 inputs
+    IN_DTYPE: tl.constexpr,  # tl dtype of Q and K
+    DOT_PRECISION: tl.constexpr,  # "tf32x3" for fp32 inputs
     BLOCK_M: tl.constexpr,  # query rows per step
     BLOCK_N: tl.constexpr,  # keys per program
     BLOCK_D: tl.constexpr,  # next power of two >= D
 ):
-    # dL/dk_j = sum_i (P_ij - [j = pos(i)]) q_i / (M tau); each program owns a block of keys and
-    # streams over the queries (the transposed tile), so no atomics.
-    pid = tl.program_id(0).to(tl.int64)
-    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    # dL/dv_j = sum_i (P_ij - [j = pos(i)]) u_i / (M tau); each program owns a block of keys and
+    # streams over the queries (the transposed tile), so no atomics. The positives are arbitrary
+    # (a scatter), so this loop keeps its masks: it runs only for the general / gathered case.
+    pid = tl.program_id(0)
+    col0 = pid * BLOCK_N
+    cols = col0 + tl.arange(0, BLOCK_N)
     col_mask = cols < NK
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < D
-    k = _load_rows(K, cols, col_mask, d, d_mask, D, UPCAST)
+    offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
+    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
+    k = _load_tile(K + tl.cast(col0, tl.int64) * D, offs_n, NK - col0, d, D, True, EVEN_D, UPCAST)
+    tau = tl.load(TAU)
+    if NORMALIZE:
+        rk = tl.load(RNK + cols, mask=col_mask, other=0.0)
+        b_j = rk * (_LOG2E / tau)
+    else:
+        b_j = tl.zeros([BLOCK_N], tl.float32) + _LOG2E / tau
+    if SCALE_G:
+        if NORMALIZE:
+            c_scale = _G_SCALE / tl.load(RNQ_MAX)
+        else:
+            c_scale = _G_SCALE
+    else:
+        c_scale = 1.0
 
     acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start in range(0, M, BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M).to(tl.int64)
+        rows = start + tl.arange(0, BLOCK_M)
         row_mask = rows < M
-        q = _load_rows(Q, rows, row_mask, d, d_mask, D, UPCAST)
+        q = _load_tile(Q + tl.cast(start, tl.int64) * D, offs_m, M - start, d, D, True, EVEN_D, UPCAST)
         lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
         pos = tl.load(POS + rows, mask=row_mask, other=-1)
-        s2t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
+        s = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+        if NORMALIZE:
+            rq = tl.load(RNQ + rows, mask=row_mask, other=0.0)
+            s = s * rq[None, :]
         valid = row_mask[None, :]
         if EXCLUDE_SELF:
             valid = valid & (cols[:, None] != (rows + self_offset)[None, :])
-        g = tl.exp2(tl.where(valid, s2t, float("-inf")) - lse_i[None, :])
+        g = tl.where(valid, tl.exp2(s * b_j[:, None] - lse_i[None, :]), 0.0)
         g = g - tl.where(cols[:, None] == pos[None, :], 1.0, 0.0)
-        acc += tl.dot(g.to(q.dtype), q, input_precision=DOT_PRECISION)
-    acc = acc * grad_scale
-    tl.store(DK + cols[:, None] * D + d[None, :], acc, mask=col_mask[:, None] & d_mask[None, :])
+        if NORMALIZE:
+            g = g * (rq * c_scale)[None, :]
+        elif SCALE_G:
+            g = g * c_scale
+        acc += tl.dot(_to_dot(g, IN_DTYPE, UPCAST), q, input_precision=DOT_PRECISION)
+
+    gv = acc * (tl.load(GRAD) / (c_scale * M * tau))
+    dmask = col_mask[:, None] & (d < D)[None, :]
+    if NORMALIZE:
+        kf = tl.load(K + tl.cast(col0, tl.int64) * D + offs_n, mask=dmask, other=0.0).to(tl.float32)  # from L2
+        rad = tl.sum(gv * kf, 1) * rk
+        dk = (gv - (rad * rk)[:, None] * kf) * rk[:, None]
+    else:
+        dk = gv
+    tl.store(DK + cols.to(tl.int64)[:, None] * D + d[None, :], dk.to(DK.dtype.element_ty), mask=dmask)

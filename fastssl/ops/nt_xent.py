@@ -8,26 +8,47 @@ against a key set: CLIP/MoCo); ``nt_xent`` is its case query = keys = Z with ``e
 
 Algorithm: the forward streams over blocks of keys with an online logsumexp (flash-attention style)
 and keeps only the per-row logsumexp (O(N) extra); the backward recomputes the similarity tiles.
-For the symmetric loss dL/dZ_i = sum_j G_ij Z_j / tau, G_ij = (P_ij + P_ji - 2[j = pos(i)]) / 2N,
-P_ij = exp(S_ij / tau - lse_i), one pass per row block without atomics; then the normalization's
-backward (autograd through ``F.normalize``). Back ends (``fastssl.ops._backend``):
-- CUDA tensors: the Triton kernels of ``fastssl.kernels.nt_xent`` (D <= 512, fp16/bf16/fp32);
-- CPU tensors (and CUDA fp64 or D > 512): a blockwise PyTorch version of the same algorithm, row
+For the symmetric loss dL/du_i = sum_j G_ij u_j / tau, G_ij = (P_ij + P_ji - 2[j = pos(i)]) / 2N,
+P_ij = exp(S_ij / tau - lse_i), one pass per row block without atomics. Normalization is fused: the
+raw rows enter the similarity dots and the normalization's backward dz_i = (g_i - <g_i, u_i> u_i) / |z_i|
+runs in the kernels' fp32 epilogue. Back ends (``fastssl.ops._backend``):
+- CUDA tensors: the Triton kernels of ``fastssl.kernels.nt_xent`` (fp16/bf16 D <= 512, fp32 D <= 128);
+- CPU tensors (and CUDA fp64, D > 512, fp32 D > 128): a blockwise PyTorch version of the same algorithm, row
   blocks of at most ``CPU_BLOCK_ELEMS`` similarities against all keys (exact logsumexp per block,
   matmuls), memory O(N*D + CPU_BLOCK_ELEMS);
 - ``FASTSSL_BACKEND=ref``: ``*_ref``, the full-matrix spec (O(N^2) memory).
 
-Numerics contract:
+torch.library: the work is done by the ops ``torch.ops.fastssl.{nt_xent,info_nce}_{fwd,bwd}``
+(``triton_op`` + ``wrap_triton`` for CUDA, ``register_kernel("cpu")`` for the blockwise path, fake
+implementations, ``register_autograd``), so ``torch.compile(fullgraph=True)`` traces through the
+public functions (tested: compiled == eager on CPU; on CUDA in the GPU check). The back end is read
+from ``FASTSSL_BACKEND`` in the public function at every call; torch.compile guards on that read, so a
+change recompiles instead of going stale. Launches run under ``torch.cuda.device(z.device)``.
+
+Numerics contract (what tests/ops/test_nt_xent.py enforces):
 - inputs fp16, bf16, fp32 (and fp64, on the blockwise path); z1/z2 (query/keys) same dtype/device;
-- normalization in fp32 (fp64 for fp64); similarities, exp/log and the loss accumulate in fp32
-  (fp64 for fp64 inputs). On the Triton path 16-bit inputs are normalized in fp32, rounded to the
-  input dtype and fed to tensor-core dots with fp32 accumulation; fp32 inputs use IEEE fp32 dots
-  (never tf32). The blockwise CPU path computes in fp32 throughout;
+- similarities, exp/log, the loss and every accumulation in fp32 (fp64 for fp64 inputs). Triton path:
+  the raw input rows go to tensor-core dots with fp32 accumulation (16-bit inputs as they are; fp32
+  inputs, D <= 128, as tf32x3: three tf32 products, whose split error (3.8e-8 on emulated D=128
+  cosines) is below fp32 accumulation's own (2.7e-7); bf16x3 would give 2.1e-6, tf32 1.2e-4), each
+  tile is scaled in fp32 by 1/|z_i| 1/|z_j| / tau, and the gradient tiles G are rounded to the input
+  dtype for the second dot (fp16: scaled by 2^14 / max_j(1/|z_j|) first, so that P ~ 1/2N never goes
+  subnormal); D is zero-padded to a multiple of 16 (exact); normalization's backward in fp32. The blockwise CPU path
+  computes in fp32 throughout, also inside a torch.autocast region (autocast is off inside the op);
 - returns an fp32 scalar (fp64 for fp64 inputs); gradients in the input dtype;
-- error bound the tests enforce: |loss - ref64| and |grad - grad_ref64| at most 2x the error of the
-  reference computed in the input's own dtype, plus the floor of tests/helpers.TOL;
+- error bound: |loss - ref64| and every gradient's max error at most 2x the error of the reference
+  computed in the input's own dtype plus ``rtol * max|grad_ref64|`` (tests/helpers.TOL): relative to
+  the gradient's scale, so an all-zero gradient fails. The grid includes aligned ("converged")
+  positive pairs for every dtype, where the gradient is almost all radial and normalization's
+  backward removes that part;
+- temperature: a Python number (checked: finite, > 0 -> else ValueError) or a 1-element tensor,
+  which may require grad (a learnable temperature): dL/dtau = -(1/(2 tau)) sum_i <dL/du_i, u_i> for
+  nt_xent, -(1/tau) sum_i <dL/du_i, u_i> over the queries for info_nce (u = the normalized rows);
+  float64 gradcheck. A tensor temperature is not read on the host: tau <= 0 or NaN gives a NaN loss;
 - exact for any temperature > 0 (online max, no 1/tau bound assumed; tested down to 0.01);
-- NaN anywhere in the inputs -> NaN loss (never a silent number); bad input -> ValueError;
+- NaN anywhere in the inputs -> NaN loss (never a silent number); an out-of-range positive_index ->
+  ValueError for CPU tensors in eager mode, NaN loss elsewhere (no host sync); bad shapes, dtypes,
+  devices -> ValueError;
 - deterministic: no atomics, fixed reduction order: same inputs on the same device -> the same bits
   for the loss and the gradients.
 
@@ -43,15 +64,22 @@ batch size and call backward. Without a process group (or W = 1) gather=True is 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from functools import cache
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.library import custom_op, triton_op, wrap_triton
 
 try:  # triton is optional at import time (CPU-only installs use the blockwise path)
     import triton
+    import triton.language as tl
+
+    from fastssl.kernels import nt_xent as K
 except ImportError:  # pragma: no cover
-    triton = None
+    triton = tl = K = None
 
 from fastssl.ops._backend import choose_backend
 from fastssl.ops.distributed import all_gather_with_grad, rank, world_size
@@ -60,29 +88,38 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Blockwise path: at most this many similarities per row block (16 MB in fp32); the backward holds
 # three such temporaries, so the extra memory stays ~50 MB whatever N is.
 CPU_BLOCK_ELEMS = 1 << 22
-# Triton path keeps whole embedding rows in registers: D up to 512 (wider goes blockwise).
+# Triton path keeps whole embedding rows in registers: D up to 512 (wider goes blockwise); fp32 (tf32x3
+# dots) up to 128.
 MAX_TRITON_D = 512
+MAX_TRITON_D_FP32 = 128
+NORM_EPS = 1e-12  # F.normalize's eps
 # What runs where (shown by `python -m fastssl.info`).
 _WHERE = {"cpu": "native: blockwise PyTorch (O(N*D) memory)",
-          "cuda": f"triton: fused fwd/bwd kernels (D <= {MAX_TRITON_D}; else blockwise)"}
+          "cuda": f"triton: fused fwd/bwd kernels (D <= {MAX_TRITON_D}, fp32 D <= {MAX_TRITON_D_FP32}; else blockwise)"}
 BACKENDS = {"nt_xent": _WHERE, "info_nce": _WHERE}
 
 
 # ---------------------------------------------------------------------------------------------------
-# checks
+# checks (static: no tensor values are read, except positive_index for CPU tensors in eager mode)
 
 
-def _check_temperature(temperature) -> float:
+def _check_temperature(temperature):
+    """A validated Python float, or a 1-element floating tensor (not read: tau <= 0 -> NaN loss)."""
     if isinstance(temperature, torch.Tensor):
-        if temperature.numel() != 1:
-            raise ValueError("temperature must be a positive number")
-        temperature = float(temperature)
+        if temperature.numel() != 1 or not temperature.is_floating_point():
+            raise ValueError("temperature must be a positive number or a 1-element floating tensor")
+        return temperature
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     return temperature
+
+
+def _check(cond, msg: str) -> None:
+    """torch._check with ValueError: symbolic-shape friendly under torch.compile, no host sync."""
+    torch._check_with(ValueError, cond, lambda: msg)
 
 
 def _check_embeddings(name: str, z) -> None:
@@ -92,10 +129,8 @@ def _check_embeddings(name: str, z) -> None:
         raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(z.shape)}")
     if z.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float16/bfloat16/float32/float64, got {z.dtype}")
-    if z.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(z.shape)})")
-    if z.shape[1] == 0:
-        raise ValueError(f"{name} has embedding dim D=0 (shape {tuple(z.shape)})")
+    _check(z.shape[0] != 0, f"{name} is an empty batch (shape [0, D])")
+    _check(z.shape[1] != 0, f"{name} has embedding dim D=0 (shape [N, 0])")
 
 
 def _check_same(a_name, a, b_name, b) -> None:
@@ -108,37 +143,39 @@ def _check_same(a_name, a, b_name, b) -> None:
 def _check_pair(z1, z2) -> None:
     _check_embeddings("z1", z1)
     _check_embeddings("z2", z2)
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    for i in (0, 1):
+        _check(z1.shape[i] == z2.shape[i], "z1 and z2 must have the same shape")
     _check_same("z1", z1, "z2", z2)
 
 
 def _check_info_nce(query, keys, positive_index, exclude_self) -> None:
     _check_embeddings("query", query)
     _check_embeddings("keys", keys)
-    if query.shape[1] != keys.shape[1]:
-        raise ValueError(f"query and keys must have the same dim, got {query.shape[1]} and {keys.shape[1]}")
+    _check(query.shape[1] == keys.shape[1], "query and keys must have the same dim")
     _check_same("query", query, "keys", keys)
     if not isinstance(positive_index, torch.Tensor):
         raise ValueError("positive_index must be an integer tensor [M]")
     if positive_index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise ValueError(f"positive_index must be an integer tensor, got {positive_index.dtype}")
-    if positive_index.shape != (query.shape[0],):
-        raise ValueError(
-            f"positive_index must have shape [{query.shape[0]}], got {tuple(positive_index.shape)}")
+    if positive_index.dim() != 1:
+        raise ValueError(f"positive_index must have shape [M] (M = query rows), got {tuple(positive_index.shape)}")
+    _check(positive_index.shape[0] == query.shape[0], "positive_index must have shape [M] (M = query rows)")
     if positive_index.device != query.device:
         raise ValueError(f"positive_index is on {positive_index.device} but query is on {query.device}")
-    p = positive_index.long()
-    if bool((p < 0).any()) or bool((p >= keys.shape[0]).any()):
-        raise ValueError(f"positive_index out of range [0, {keys.shape[0]})")
-    if exclude_self and bool((p == torch.arange(p.shape[0], device=p.device)).any()):
-        raise ValueError("exclude_self=True but some positive_index[i] == i (the excluded key)")
+    if query.device.type == "cpu" and not torch.compiler.is_compiling():
+        # a CPU read costs no device sync; elsewhere an invalid positive gives a NaN loss instead
+        p = positive_index.long()
+        if bool((p < 0).any()) or bool((p >= keys.shape[0]).any()):
+            raise ValueError(f"positive_index out of range [0, {keys.shape[0]})")
+        if exclude_self and bool((p == torch.arange(p.shape[0], device=p.device)).any()):
+            raise ValueError("exclude_self=True but some positive_index[i] == i (the excluded key)")
 
 
 def _pick_backend(x: torch.Tensor) -> str:
     backend = choose_backend(x, ("ref", "triton", "native"))
-    if backend == "triton" and (x.dtype == torch.float64 or x.shape[1] > MAX_TRITON_D):
-        backend = "native"  # documented: fp64 and D > 512 take the blockwise path
+    if backend == "triton" and (x.dtype == torch.float64 or x.shape[1] > MAX_TRITON_D
+                                or (x.dtype == torch.float32 and x.shape[1] > MAX_TRITON_D_FP32)):
+        backend = "native"  # documented: fp64, D > 512 and fp32 with D > 128 take the blockwise path
     return backend
 
 
@@ -146,16 +183,14 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _prepare(z: torch.Tensor, normalize: bool, backend: str) -> torch.Tensor:
-    """Normalized (or not) contiguous rows in the dtype the back end computes in (differentiable)."""
+def _tau_tensor(tau, z: Tensor) -> Tensor:
+    """The temperature as a 0-d tensor in z's compute dtype on z's device (differentiable); a tensor
+    that is not > 0 becomes NaN (no host read)."""
     cd = _compute_dtype(z.dtype)
-    if normalize:
-        zn = F.normalize(z.to(cd), dim=1)
-    else:
-        zn = z.to(cd)
-    if backend == "triton":
-        zn = zn.to(z.dtype)  # 16-bit tiles for the tensor cores (no-op for fp32)
-    return zn.contiguous()
+    if isinstance(tau, torch.Tensor):
+        t = tau.reshape(()).to(device=z.device, dtype=cd)
+        return torch.where(t > 0, t, torch.full_like(t, float("nan")))
+    return torch.full((), tau, dtype=cd, device=z.device)
 
 
 def _nt_xent_positives(rows: int, offset: int, device) -> torch.Tensor:
@@ -171,6 +206,8 @@ def _info_nce_ref_core(q, k, pos, temperature, normalize, self_offset):
     if normalize:
         q = F.normalize(q, dim=1)
         k = F.normalize(k, dim=1)
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.reshape(()).to(q.dtype)
     s = (q @ k.t()) / temperature
     if self_offset is not None:
         mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
@@ -201,192 +238,502 @@ def nt_xent_ref(z1, z2, temperature=0.1, normalize=True, gather=False):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Triton launchers (CUDA; CPU tensors under TRITON_INTERPRET=1)
+# Triton configs: per architecture, checked by tests/ops/test_nt_xent_aot.py (ahead-of-time compiles
+# of the real launch specialization for sm80/86/89/90: no local memory, shared memory within the
+# per-block limit of each arch).
+
+# per-block shared memory limits (bytes): sm80 (A100) 163 KB, sm86/sm89 (RTX 30/40, A10, L4, L40S)
+# 99 KB, sm90 (H100/H200) 227 KB
+SMEM_LIMIT = {(8, 0): 166912, (8, 6): 101376, (8, 7): 166912, (8, 9): 101376, (9, 0): 232448}
+
+# (kind, bytes per element, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages) on sm80/sm90;
+# small-smem parts (sm86/sm89) use _SMALL_SMEM where listed. kind: "fwd" (one dot per tile) or "bwd"
+# (two dots and a [BLOCK_M, BLOCK_D] fp32 accumulator). Found by ahead-of-time compiles (the first
+# candidate, largest tiles first, with no spills on every arch of its group; tests/ops/test_nt_xent_aot.py
+# re-checks them). fp32 inputs run tf32x3 dots, whose operand splits take registers: small tiles, and
+# D <= MAX_TRITON_D_FP32 (the backward spills at BLOCK_D 256 even with 16 x 16 tiles).
+_CONFIGS = {
+    ("fwd", 2, 16): (128, 64, 4, 3), ("fwd", 2, 32): (128, 64, 4, 3), ("fwd", 2, 64): (128, 64, 4, 3),
+    ("fwd", 2, 128): (128, 64, 8, 3), ("fwd", 2, 256): (128, 64, 8, 2), ("fwd", 2, 512): (64, 64, 8, 2),
+    ("bwd", 2, 16): (64, 64, 4, 2), ("bwd", 2, 32): (64, 64, 4, 2), ("bwd", 2, 64): (64, 64, 4, 2),
+    ("bwd", 2, 128): (64, 64, 4, 2), ("bwd", 2, 256): (64, 64, 8, 2), ("bwd", 2, 512): (32, 32, 8, 1),
+    ("fwd", 4, 16): (64, 32, 4, 2), ("fwd", 4, 32): (64, 32, 4, 2), ("fwd", 4, 64): (64, 32, 4, 2),
+    ("fwd", 4, 128): (16, 32, 4, 2),
+    ("bwd", 4, 16): (32, 32, 4, 2), ("bwd", 4, 32): (32, 32, 4, 2), ("bwd", 4, 64): (32, 32, 4, 2),
+    ("bwd", 4, 128): (16, 16, 4, 2),
+}
+_SMALL_SMEM = {
+    ("fwd", 2, 512): (32, 32, 4, 2), ("bwd", 2, 512): (32, 32, 8, 1),
+    ("fwd", 4, 16): (32, 32, 4, 2), ("fwd", 4, 32): (32, 32, 4, 2), ("fwd", 4, 64): (32, 32, 4, 2),
+    ("bwd", 4, 128): (16, 32, 4, 2),
+}
 
 
-def _triton_config(x: torch.Tensor, d: int) -> dict:
-    block_d = max(16, 1 << (d - 1).bit_length())
-    if not x.is_cuda:  # interpreter: small tiles so tiny test shapes still span several blocks
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1, UPCAST=True)
-    # 128 x 64 tiles, 8 warps, 3 stages: flash-attention's choice at head dim 128 in 16 bits. Wider
-    # rows (in bytes: fp32, or D > 128) get smaller tiles so q + acc stay in registers and the staged
-    # key tiles fit in shared memory (sm80 and later; checked by an sm90 ahead-of-time compile: no
-    # spills, <= 136 KB shared memory).
-    row_bytes = block_d * x.element_size()
-    if row_bytes <= 256:
-        bm, bn, stages = 128, 64, 3
-    elif row_bytes <= 512:
-        bm, bn, stages = 64, 64, 2
-    elif row_bytes <= 1024:
-        bm, bn, stages = 64, 32, 2
-    else:
-        bm, bn, stages = 32, 32, 1
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=8, num_stages=stages, UPCAST=False)
+def block_d_for(d: int) -> int:
+    return max(16, 1 << (d - 1).bit_length())
+
+
+def triton_config(kind: str, dtype: torch.dtype, d: int, arch: tuple[int, int] | None) -> dict:
+    """Launch config of kernel ``kind`` for inputs of ``dtype`` and width ``d`` on compute capability
+    ``arch`` (None: the interpreter: small tiles so tiny test shapes still span several blocks, BLOCK_M != BLOCK_N
+    as on the GPU)."""
+    block_d = block_d_for(d)
+    if arch is None:
+        return dict(BLOCK_M=32, BLOCK_N=16, BLOCK_D=block_d, num_warps=1, num_stages=1, UPCAST=True)
+    key = (kind, 4 if dtype == torch.float32 else 2, block_d)
+    small = SMEM_LIMIT.get(tuple(arch), 101376) < 160 * 1024
+    bm, bn, warps, stages = (_SMALL_SMEM.get(key) if small else None) or _CONFIGS[key]
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages, UPCAST=False)
+
+
+@cache
+def _device_arch(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def _arch(x: Tensor) -> tuple[int, int] | None:
+    return _device_arch(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+        if x.is_cuda else None
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
+    return "tf32x3" if dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
 
 
-def _triton_forward(q, k, pos, temperature, self_offset):
-    from fastssl.kernels.nt_xent import LOG2E, _info_nce_fwd_kernel
+def _tl_dtype(dtype: torch.dtype):
+    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}[dtype]
 
+
+def _common(x: Tensor, cfg: dict, d: int) -> dict:
+    return dict(EVEN_D=d == cfg["BLOCK_D"], DOT_PRECISION=_dot_precision(x.dtype), **cfg)
+
+
+# Launch plans: (kernel, grid, args, kwargs). Built without launching, so that the ahead-of-time
+# compile test specializes exactly what a launch passes.
+
+
+def rnorm_plan(x: Tensor, rn: Tensor, arch) -> list:
+    r, d = x.shape
+    block_r = 16 if arch is None else 64  # memory-bound: 64 rows x 128 columns per step, 4 warps
+    return [(K._row_rnorm_kernel, (triton.cdiv(r, block_r),), (x, rn, r, d),
+             dict(BLOCK_R=block_r, BLOCK_D=min(block_d_for(d), 128), num_warps=1 if arch is None else 4))]
+
+
+def fwd_plan(q, k, rnq, rnk, pos, tau, lse, loss, *, self_offset, exclude_self, pos_half, normalize, arch):
     m, d = q.shape
-    cfg = _triton_config(q, d)
-    lse = torch.empty(m, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    _info_nce_fwd_kernel[grid](
-        q, k, lse, m, k.shape[0], d, 0 if self_offset is None else self_offset, LOG2E / temperature,
-        EXCLUDE_SELF=self_offset is not None, DOT_PRECISION=_dot_precision(q.dtype), **cfg)
-    # positive logit: exact products of the input-dtype values, summed in fp32 (O(M*D))
-    s_pos = torch.linalg.vecdot(q.float(), k.index_select(0, pos).float()) / temperature
-    return lse, lse - s_pos
+    cfg = triton_config("fwd", q.dtype, d, arch)
+    kw = dict(EXCLUDE_SELF=exclude_self, POS_HALF=pos_half, NORMALIZE=normalize, **_common(q, cfg, d))
+    args = (q, k, rnq, rnk, pos, tau, lse, loss, m, k.shape[0], d, self_offset, m // 2)
+    return [(K._info_nce_fwd_kernel, (triton.cdiv(m, cfg["BLOCK_M"]),), args, kw)]
 
 
-def _triton_nt_xent_backward(z, lse, temperature):
-    from fastssl.kernels.nt_xent import LOG2E, _nt_xent_bwd_kernel
-
+def nt_xent_bwd_plan(z, rn, rn_max, lse, tau, grad, dz, rad, *, normalize, arch):
     r, d = z.shape
-    cfg = _triton_config(z, d)
-    dz = torch.empty((r, d), dtype=torch.float32, device=z.device)
-    grid = (triton.cdiv(r, cfg["BLOCK_M"]),)
-    _nt_xent_bwd_kernel[grid](z, lse, dz, r, r // 2, d, LOG2E / temperature, 1.0 / (r * temperature),
-                              DOT_PRECISION=_dot_precision(z.dtype), **cfg)
-    return dz
+    cfg = triton_config("bwd", z.dtype, d, arch)
+    kw = dict(NORMALIZE=normalize, SCALE_G=z.dtype == torch.float16, IN_DTYPE=_tl_dtype(z.dtype),
+              **_common(z, cfg, d))
+    args = (z, rn, rn_max, lse, tau, grad, dz, rad, r, r // 2, d)
+    return [(K._nt_xent_bwd_kernel, (triton.cdiv(r, cfg["BLOCK_M"]),), args, kw)]
 
 
-def _triton_info_nce_backward(q, k, pos, lse, temperature, self_offset, need_dq, need_dk):
-    from fastssl.kernels.nt_xent import LOG2E, _info_nce_bwd_dk_kernel, _info_nce_bwd_dq_kernel
-
+def info_nce_bwd_plan(q, k, rnq, rnk, rnq_max, rnk_max, pos, lse, tau, grad, dq, dk, rad, *, self_offset,
+                      exclude_self, normalize, arch):
     m, d = q.shape
     nk = k.shape[0]
-    cfg = _triton_config(q, d)
-    args = (m, nk, d, 0 if self_offset is None else self_offset, LOG2E / temperature, 1.0 / (m * temperature))
-    kw = dict(EXCLUDE_SELF=self_offset is not None, DOT_PRECISION=_dot_precision(q.dtype), **cfg)
-    dq = dk = None
-    if need_dq:
-        dq = torch.empty((m, d), dtype=torch.float32, device=q.device)
-        _info_nce_bwd_dq_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](q, k, pos, lse, dq, *args, **kw)
-    if need_dk:
-        dk = torch.empty((nk, d), dtype=torch.float32, device=q.device)
-        _info_nce_bwd_dk_kernel[(triton.cdiv(nk, cfg["BLOCK_N"]),)](q, k, pos, lse, dk, *args, **kw)
-    return dq, dk
+    cfg = triton_config("bwd", q.dtype, d, arch)
+    kw = dict(EXCLUDE_SELF=exclude_self, NORMALIZE=normalize, SCALE_G=q.dtype == torch.float16,
+              IN_DTYPE=_tl_dtype(q.dtype), **_common(q, cfg, d))
+    plan = []
+    if dq is not None:
+        plan.append((K._info_nce_bwd_dq_kernel, (triton.cdiv(m, cfg["BLOCK_M"]),),
+                     (q, k, rnq, rnk, rnk_max, pos, lse, tau, grad, dq, rad, m, nk, d, self_offset), kw))
+    if dk is not None:
+        plan.append((K._info_nce_bwd_dk_kernel, (triton.cdiv(nk, cfg["BLOCK_N"]),),
+                     (q, k, rnq, rnk, rnq_max, pos, lse, tau, grad, dk, m, nk, d, self_offset), kw))
+    return plan
+
+
+def _launch(plan: list, x: Tensor) -> None:
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with guard:  # the launch goes to the current device: make it the inputs' (cuda:1 works)
+        for kernel, grid, args, kw in plan:
+            wrap_triton(kernel)[grid](*args, **kw)
+
+
+def _pad16(x: Tensor) -> Tensor:
+    """Zero columns up to a multiple of 16: dots and norms are unchanged, and the row stride gets
+    Triton's divisibility hint (D=200 without it: scalar loads, 64-bit pointers per element, spills)."""
+    d = x.shape[1]
+    return x if d % 16 == 0 else F.pad(x, (0, 16 - d % 16))
+
+
+def _unpad(g: Tensor, d: int) -> Tensor:
+    return g if g.shape[1] == d else g[:, :d].contiguous()
+
+
+def _rnorm(x: Tensor, normalize: bool) -> Tensor:
+    if not normalize:
+        return x.new_ones(x.shape[0], dtype=torch.float32)
+    rn = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    _launch(rnorm_plan(x, rn, _arch(x)), x)
+    return rn
+
+
+def _triton_forward(q, k, pos, tau, normalize, self_offset, exclude_self, pos_half):
+    """Rows' lse and loss, plus the inverse norms (the backward reuses them)."""
+    m = q.shape[0]
+    q, k = _pad16(q), (None if k is q else _pad16(k))
+    k = q if k is None else k
+    rnq = _rnorm(q, normalize)
+    rnk = rnq.clone() if k is q else _rnorm(k, normalize)  # op outputs may not alias each other
+    lse = torch.empty(m, dtype=torch.float32, device=q.device)
+    loss = torch.empty(m, dtype=torch.float32, device=q.device)
+    _launch(fwd_plan(q, k, rnq, rnk, pos, tau, lse, loss, self_offset=self_offset, exclude_self=exclude_self,
+                     pos_half=pos_half, normalize=normalize, arch=_arch(q)), q)
+    return loss.mean(), lse, rnq, rnk
 
 
 # ---------------------------------------------------------------------------------------------------
-# blockwise PyTorch path (CPU; same algorithm, O(N*D + CPU_BLOCK_ELEMS) memory)
+# blockwise PyTorch path (CPU; same algorithm, O(N*D + CPU_BLOCK_ELEMS) memory, fp32/fp64 throughout)
 
 
 def _row_block(nk: int) -> int:
     return max(1, CPU_BLOCK_ELEMS // max(nk, 1))
 
 
-def _blockwise_forward(q, k, pos, temperature, self_offset):
+def _unit_rows(x: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """(u, r): rows in the compute dtype, normalized when asked, and their inverse norms."""
+    xf = x.to(_compute_dtype(x.dtype))
+    if not normalize:
+        return xf, torch.ones(x.shape[0], dtype=xf.dtype, device=x.device)
+    rn = torch.linalg.vector_norm(xf, dim=1).clamp_min_(NORM_EPS).reciprocal_()
+    return xf * rn[:, None], rn
+
+
+def _no_autocast(x: Tensor):
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def _blockwise_forward(q, k, pos, tau, self_offset):
+    """q, k already normalized (compute dtype) -> per-row lse and loss (NaN for an invalid positive)."""
     m, nk = q.shape[0], k.shape[0]
     lse = q.new_empty(m)
     loss = q.new_empty(m)
-    kt, inv_tau, bm = k.t(), 1.0 / temperature, _row_block(nk)
+    ok = (pos >= 0) & (pos < nk)
+    if self_offset is not None:
+        ok &= pos != torch.arange(m, device=q.device) + self_offset
+    pos_c = torch.where(ok, pos, 0)
+    kt, inv_tau, bm = k.t(), 1.0 / tau, _row_block(nk)
     for r0 in range(0, m, bm):
         r1 = min(m, r0 + bm)
         s = torch.mm(q[r0:r1], kt).mul_(inv_tau)
-        s_pos = s.gather(1, pos[r0:r1, None]).squeeze(1)
+        s_pos = s.gather(1, pos_c[r0:r1, None]).squeeze(1)
         if self_offset is not None:
             s.diagonal(r0 + self_offset).fill_(float("-inf"))
         blk = torch.logsumexp(s, dim=1)
         lse[r0:r1] = blk
         loss[r0:r1] = blk - s_pos
-    return lse, loss
+    return lse, torch.where(ok, loss, float("nan"))
 
 
-def _blockwise_nt_xent_backward(z, lse, temperature):
-    r = z.shape[0]
-    dz = torch.empty_like(z)
-    zt, inv_tau, bm = z.t(), 1.0 / temperature, _row_block(r)
+def _normalize_backward(gu: Tensor, u: Tensor, rn: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """dz from dL/du (u = z * rn) and the radial terms <dL/du_i, u_i>."""
+    rad = torch.linalg.vecdot(gu, u)
+    if not normalize:
+        return gu, rad
+    return (gu - rad[:, None] * u) * rn[:, None], rad
+
+
+def _blockwise_nt_xent_backward(u, lse, tau):
+    """dL/du for the symmetric loss (unit upstream gradient)."""
+    r = u.shape[0]
+    du = torch.empty_like(u)
+    ut, inv_tau, bm = u.t(), 1.0 / tau, _row_block(r)
     lse_cols = lse[None, :]
     for r0 in range(0, r, bm):
         r1 = min(r, r0 + bm)
-        s = torch.mm(z[r0:r1], zt).mul_(inv_tau)
+        s = torch.mm(u[r0:r1], ut).mul_(inv_tau)
         s.diagonal(r0).fill_(float("-inf"))
         p_ji = torch.sub(s, lse_cols).exp_()
         g = s.sub_(lse[r0:r1, None]).exp_().add_(p_ji)  # P_ij + P_ji, in place of s
         del p_ji
-        rows = torch.arange(r1 - r0, device=z.device)
+        rows = torch.arange(r1 - r0, device=u.device)
         g[rows, (rows + r0 + r // 2) % r] -= 2.0
-        torch.mm(g, z, out=dz[r0:r1])
-    return dz.mul_(1.0 / (r * temperature))
+        torch.mm(g, u, out=du[r0:r1])
+    return du.mul_(1.0 / (r * tau))
 
 
-def _blockwise_info_nce_backward(q, k, pos, lse, temperature, self_offset, need_dq, need_dk):
-    m, nk = q.shape[0], k.shape[0]
-    dq = torch.empty_like(q) if need_dq else None
-    dk = torch.zeros_like(k) if need_dk else None
-    kt, inv_tau, bm = k.t(), 1.0 / temperature, _row_block(nk)
-    scale = 1.0 / (m * temperature)
+def _blockwise_info_nce_backward(u, v, pos, lse, tau, self_offset, need_dq, need_dk):
+    m, nk = u.shape[0], v.shape[0]
+    du = torch.empty_like(u) if need_dq else None
+    dv = torch.zeros_like(v) if need_dk else None
+    vt, inv_tau, bm = v.t(), 1.0 / tau, _row_block(nk)
+    scale = 1.0 / (m * tau)
+    ok = (pos >= 0) & (pos < nk)
+    pos_c = torch.where(ok, pos, 0)
     for r0 in range(0, m, bm):
         r1 = min(m, r0 + bm)
-        s = torch.mm(q[r0:r1], kt).mul_(inv_tau)
+        s = torch.mm(u[r0:r1], vt).mul_(inv_tau)
         if self_offset is not None:
             s.diagonal(r0 + self_offset).fill_(float("-inf"))
         g = s.sub_(lse[r0:r1, None]).exp_()
-        g[torch.arange(r1 - r0, device=q.device), pos[r0:r1]] -= 1.0
+        g[torch.arange(r1 - r0, device=u.device), pos_c[r0:r1]] -= 1.0
         g.mul_(scale)
         if need_dq:
-            torch.mm(g, k, out=dq[r0:r1])
+            torch.mm(g, v, out=du[r0:r1])
         if need_dk:
-            dk.addmm_(g.t(), q[r0:r1])  # sequential over row blocks: deterministic
-    return dq, dk
+            dv.addmm_(g.t(), u[r0:r1])  # sequential over row blocks: deterministic
+    return du, dv
+
+
+def _native_nt_xent_fwd(z, tau, normalize):
+    with _no_autocast(z):
+        u, rn = _unit_rows(z, normalize)
+        pos = _nt_xent_positives(z.shape[0], 0, z.device)
+        lse, loss = _blockwise_forward(u, u, pos, tau, 0)
+        return loss.mean(), lse, rn
+
+
+def _native_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau):
+    with _no_autocast(z):
+        u = z.to(rn.dtype) * rn[:, None] if normalize else z.to(rn.dtype)
+        gu = _blockwise_nt_xent_backward(u, lse, tau).mul_(grad)
+        dz, rad = _normalize_backward(gu, u, rn, normalize)
+        dtau = -rad.sum() / (2 * tau) if need_dtau else torch.zeros_like(tau)
+        return dz.to(z.dtype), dtau
+
+
+def _native_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self):
+    with _no_autocast(q):
+        u, rnq = _unit_rows(q, normalize)
+        v, rnk = _unit_rows(k, normalize)
+        lse, loss = _blockwise_forward(u, v, pos, tau, self_offset if exclude_self else None)
+        return loss.mean(), lse, rnq, rnk
+
+
+def _native_info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq,
+                         need_dk, need_dtau):
+    with _no_autocast(q):
+        cd = rnq.dtype
+        u = q.to(cd) * rnq[:, None] if normalize else q.to(cd)
+        v = k.to(cd) * rnk[:, None] if normalize else k.to(cd)
+        du, dv = _blockwise_info_nce_backward(u, v, pos, lse, tau, self_offset if exclude_self else None,
+                                              need_dq or need_dtau, need_dk)
+        dq = dk = dtau = None
+        if du is not None:
+            dq, rad = _normalize_backward(du.mul_(grad), u, rnq, normalize)
+            dtau = -rad.sum() / tau
+            dq = dq.to(q.dtype)
+        if dv is not None:
+            dk = _normalize_backward(dv.mul_(grad), v, rnk, normalize)[0].to(k.dtype)
+        return _or_empty(dq, q), _or_empty(dk, k), dtau if need_dtau else torch.zeros_like(tau)
+
+
+def _or_empty(x, like: Tensor) -> Tensor:
+    return like.new_empty(0) if x is None else x
 
 
 # ---------------------------------------------------------------------------------------------------
-# autograd
+# torch.library ops. The public functions pass the back end ("triton" or "native") as an argument, so
+# the env var is read outside the ops (at every call; torch.compile guards on it).
 
 
-def _forward(backend, q, k, pos, temperature, self_offset):
+@custom_op("fastssl::nt_xent_fwd_native", mutates_args=())
+def nt_xent_fwd_native(z: Tensor, tau: Tensor, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Blockwise PyTorch forward (opaque to torch.compile, so its Python loop is never unrolled)."""
+    return _native_nt_xent_fwd(z, tau, normalize)
+
+
+@nt_xent_fwd_native.register_fake
+def _(z, tau, normalize):
+    cd = _compute_dtype(z.dtype)
+    r = z.shape[0]
+    return z.new_empty((), dtype=cd), z.new_empty(r, dtype=cd), z.new_empty(r, dtype=cd)
+
+
+@custom_op("fastssl::nt_xent_bwd_native", mutates_args=())
+def nt_xent_bwd_native(grad: Tensor, z: Tensor, tau: Tensor, lse: Tensor, rn: Tensor, normalize: bool,
+                       need_dtau: bool) -> tuple[Tensor, Tensor]:
+    return _native_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau)
+
+
+@nt_xent_bwd_native.register_fake
+def _(grad, z, tau, lse, rn, normalize, need_dtau):
+    return torch.empty_like(z), torch.empty_like(tau)
+
+
+@triton_op("fastssl::nt_xent_fwd", mutates_args=())
+def nt_xent_fwd(z: Tensor, tau: Tensor, normalize: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """NT-Xent forward on Z = [z1; z2] (raw rows): (mean loss, per-row lse, per-row 1/|z|)."""
+    if backend != "triton":
+        return torch.ops.fastssl.nt_xent_fwd_native(z, tau, normalize)
+    loss, lse, rn, _ = _triton_forward(z, z, z.new_empty(0, dtype=torch.int64), tau.float(), normalize,
+                                       0, True, True)
+    return loss, lse, rn
+
+
+@triton_op("fastssl::nt_xent_bwd", mutates_args=())
+def nt_xent_bwd(grad: Tensor, z: Tensor, tau: Tensor, lse: Tensor, rn: Tensor, normalize: bool, need_dtau: bool,
+                backend: str) -> tuple[Tensor, Tensor]:
+    """dLoss/dZ (input dtype) and dLoss/dtau (tau's shape; zeros unless need_dtau)."""
+    if backend != "triton":
+        return torch.ops.fastssl.nt_xent_bwd_native(grad, z, tau, lse, rn, normalize, need_dtau)
+    return _triton_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau)
+
+
+@nt_xent_fwd.register_kernel("cpu")
+def _(z, tau, normalize, backend):
+    if backend == "triton":  # Triton on CPU tensors: the interpreter (tests)
+        loss, lse, rn, _ = _triton_forward(z, z, z.new_empty(0, dtype=torch.int64), tau.float(), normalize,
+                                           0, True, True)
+        return loss, lse, rn
+    return _native_nt_xent_fwd(z, tau, normalize)
+
+
+@nt_xent_bwd.register_kernel("cpu")
+def _(grad, z, tau, lse, rn, normalize, need_dtau, backend):
     if backend == "triton":
-        return _triton_forward(q, k, pos, temperature, self_offset)
-    return _blockwise_forward(q, k, pos, temperature, self_offset)
+        return _triton_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau)
+    return _native_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau)
 
 
-class _NTXentFn(torch.autograd.Function):
-    """Symmetric NT-Xent on prepared rows Z [2N, D] -> mean loss (fp32, fp64 for fp64)."""
-
-    @staticmethod
-    def forward(ctx, z, temperature, backend):
-        pos = _nt_xent_positives(z.shape[0], 0, z.device)
-        lse, row_loss = _forward(backend, z, z, pos, temperature, 0)
-        ctx.save_for_backward(z, lse)
-        ctx.temperature, ctx.backend = temperature, backend
-        return row_loss.mean()
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, lse = ctx.saved_tensors
-        if ctx.backend == "triton":
-            dz = _triton_nt_xent_backward(z, lse, ctx.temperature)
-        else:
-            dz = _blockwise_nt_xent_backward(z, lse, ctx.temperature)
-        return (dz * grad).to(z.dtype), None, None
+def _rn_max(rn: Tensor, x: Tensor, normalize: bool) -> Tensor:
+    """max_j 1/|x_j| for the fp16 G scale (one small reduction, fp16 only; else unused by the kernel)."""
+    return rn.amax().reshape(1) if (normalize and x.dtype == torch.float16) else rn
 
 
-class _InfoNCEFn(torch.autograd.Function):
-    """Queries [M, D] against keys [Nk, D] (prepared) -> mean loss; self_offset=None: no exclusion."""
+def _triton_nt_xent_bwd(grad, z, tau, lse, rn, normalize, need_dtau):
+    d = z.shape[1]
+    z = _pad16(z)
+    dz = torch.empty_like(z)
+    rad = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    tau32 = tau.float()
+    _launch(nt_xent_bwd_plan(z, rn, _rn_max(rn, z, normalize), lse, tau32, grad.float(), dz, rad,
+                             normalize=normalize, arch=_arch(z)), z)
+    dtau = (-rad.sum() / (2 * tau32)).to(tau.dtype) if need_dtau else torch.zeros_like(tau)
+    return _unpad(dz, d), dtau
 
-    @staticmethod
-    def forward(ctx, q, k, pos, temperature, self_offset, backend):
-        lse, row_loss = _forward(backend, q, k, pos, temperature, self_offset)
-        ctx.save_for_backward(q, k, pos, lse)
-        ctx.temperature, ctx.self_offset, ctx.backend = temperature, self_offset, backend
-        return row_loss.mean()
 
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, pos, lse = ctx.saved_tensors
-        need_dq, need_dk = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        fn = _triton_info_nce_backward if ctx.backend == "triton" else _blockwise_info_nce_backward
-        dq, dk = fn(q, k, pos, lse, ctx.temperature, ctx.self_offset, need_dq, need_dk)
-        dq = None if dq is None else (dq * grad).to(q.dtype)
-        dk = None if dk is None else (dk * grad).to(k.dtype)
-        return dq, dk, None, None, None, None
+def _nt_xent_setup(ctx, inputs, output):
+    z, tau, normalize, backend = inputs
+    _, lse, rn = output
+    ctx.save_for_backward(z, tau, lse, rn)
+    ctx.normalize, ctx.backend = normalize, backend
+
+
+def _nt_xent_backward(ctx, grad, _grad_lse, _grad_rn):
+    z, tau, lse, rn = ctx.saved_tensors
+    need_dtau = ctx.needs_input_grad[1]
+    dz, dtau = torch.ops.fastssl.nt_xent_bwd(grad, z, tau, lse, rn, ctx.normalize, need_dtau, ctx.backend)
+    return dz, dtau if need_dtau else None, None, None
+
+
+nt_xent_fwd.register_autograd(_nt_xent_backward, setup_context=_nt_xent_setup)
+
+
+@custom_op("fastssl::info_nce_fwd_native", mutates_args=())
+def info_nce_fwd_native(q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, normalize: bool, self_offset: int,
+                        exclude_self: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _native_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self)
+
+
+@info_nce_fwd_native.register_fake
+def _(q, k, pos, tau, normalize, self_offset, exclude_self):
+    cd = _compute_dtype(q.dtype)
+    return (q.new_empty((), dtype=cd), q.new_empty(q.shape[0], dtype=cd), q.new_empty(q.shape[0], dtype=cd),
+            q.new_empty(k.shape[0], dtype=cd))
+
+
+@custom_op("fastssl::info_nce_bwd_native", mutates_args=())
+def info_nce_bwd_native(grad: Tensor, q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, lse: Tensor, rnq: Tensor,
+                        rnk: Tensor, normalize: bool, self_offset: int, exclude_self: bool, need_dq: bool,
+                        need_dk: bool, need_dtau: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _native_info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq,
+                                need_dk, need_dtau)
+
+
+@info_nce_bwd_native.register_fake
+def _(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq, need_dk, need_dtau):
+    dq = torch.empty_like(q) if need_dq else q.new_empty(0)
+    dk = torch.empty_like(k) if need_dk else k.new_empty(0)
+    return dq, dk, torch.empty_like(tau)
+
+
+def _triton_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self):
+    return _triton_forward(q, k, pos, tau.float(), normalize, self_offset, exclude_self, False)
+
+
+def _triton_info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq,
+                         need_dk, need_dtau):
+    tau32 = tau.float()
+    d = q.shape[1]
+    q, k = _pad16(q), (None if k is q else _pad16(k))
+    k = q if k is None else k
+    want_dq = need_dq or need_dtau
+    dq = torch.empty_like(q) if want_dq else None
+    dk = torch.empty_like(k) if need_dk else None
+    rad = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    _launch(info_nce_bwd_plan(q, k, rnq, rnk, _rn_max(rnq, q, normalize), _rn_max(rnk, k, normalize), pos, lse, tau32,
+                              grad.float(), dq, dk, rad, self_offset=self_offset, exclude_self=exclude_self,
+                              normalize=normalize, arch=_arch(q)), q)
+    dtau = (-rad.sum() / tau32).to(tau.dtype) if need_dtau else torch.zeros_like(tau)
+    dq = _unpad(dq, d) if need_dq else q.new_empty(0)
+    return dq, _unpad(dk, d) if dk is not None else k.new_empty(0), dtau
+
+
+@triton_op("fastssl::info_nce_fwd", mutates_args=())
+def info_nce_fwd(q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, normalize: bool, self_offset: int,
+                 exclude_self: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """InfoNCE forward on raw queries/keys: (mean loss, per-row lse, 1/|q|, 1/|k|)."""
+    if backend != "triton":
+        return torch.ops.fastssl.info_nce_fwd_native(q, k, pos, tau, normalize, self_offset, exclude_self)
+    return _triton_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self)
+
+
+@triton_op("fastssl::info_nce_bwd", mutates_args=())
+def info_nce_bwd(grad: Tensor, q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, lse: Tensor, rnq: Tensor, rnk: Tensor,
+                 normalize: bool, self_offset: int, exclude_self: bool, need_dq: bool, need_dk: bool,
+                 need_dtau: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq or empty, dk or empty, dtau or zeros)."""
+    if backend != "triton":
+        return torch.ops.fastssl.info_nce_bwd_native(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset,
+                                                     exclude_self, need_dq, need_dk, need_dtau)
+    return _triton_info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq,
+                                need_dk, need_dtau)
+
+
+@info_nce_fwd.register_kernel("cpu")
+def _(q, k, pos, tau, normalize, self_offset, exclude_self, backend):
+    if backend == "triton":
+        return _triton_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self)
+    return _native_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self)
+
+
+@info_nce_bwd.register_kernel("cpu")
+def _(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq, need_dk, need_dtau,
+      backend):
+    fn = _triton_info_nce_bwd if backend == "triton" else _native_info_nce_bwd
+    return fn(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq, need_dk, need_dtau)
+
+
+def _info_nce_setup(ctx, inputs, output):
+    q, k, pos, tau, normalize, self_offset, exclude_self, backend = inputs
+    _, lse, rnq, rnk = output
+    ctx.save_for_backward(q, k, pos, tau, lse, rnq, rnk)
+    ctx.args = (normalize, self_offset, exclude_self)
+    ctx.backend = backend
+
+
+def _info_nce_backward(ctx, grad, _g_lse, _g_rnq, _g_rnk):
+    q, k, pos, tau, lse, rnq, rnk = ctx.saved_tensors
+    need_dq, need_dk, _, need_dtau = ctx.needs_input_grad[:4]
+    dq, dk, dtau = torch.ops.fastssl.info_nce_bwd(grad, q, k, pos, tau, lse, rnq, rnk, *ctx.args, need_dq, need_dk,
+                                                  need_dtau, ctx.backend)
+    return (dq if need_dq else None, dk if need_dk else None, None, dtau if need_dtau else None,
+            None, None, None, None)
+
+
+info_nce_fwd.register_autograd(_info_nce_backward, setup_context=_info_nce_setup)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -398,20 +745,23 @@ def info_nce(query, keys, positive_index, temperature=0.1, normalize=True, exclu
 
     query [M, D], keys [Nk, D] (same dtype and device), positive_index int [M] in [0, Nk).
     ``normalize``: cosine similarity (rows L2-normalized first). ``exclude_self``: key i is not a
-    candidate for query i (query and keys are the same rows, as in NT-Xent). Keys from other ranks or
-    a queue: concatenate them into ``keys`` (``fastssl.ops.distributed.all_gather_with_grad`` keeps
-    the gradient). Memory O((M + Nk) D); numerics contract in the module docstring.
+    candidate for query i (query and keys are the same rows, as in NT-Xent). ``temperature``: a
+    positive number or a 1-element tensor (may require grad). Keys from other ranks or a queue:
+    concatenate them into ``keys`` (``fastssl.ops.distributed.all_gather_with_grad`` keeps the
+    gradient). Returns an fp32 scalar (fp64 for fp64). Memory O((M + Nk) D); numerics contract in
+    the module docstring. Raises ValueError for bad shapes, dtypes, devices or temperature.
     """
     _check_info_nce(query, keys, positive_index, exclude_self)
     tau = _check_temperature(temperature)
     backend = _pick_backend(query)
     if backend == "ref":
+        tau = _tau_tensor(tau, query) if isinstance(tau, torch.Tensor) else tau
         out = info_nce_ref(query, keys, positive_index, tau, normalize, exclude_self)
         return out.to(_compute_dtype(query.dtype))
-    qh = _prepare(query, normalize, backend)
-    kh = qh if keys is query else _prepare(keys, normalize, backend)
+    q = query.contiguous()
+    k = q if keys is query else keys.contiguous()
     pos = positive_index.long().contiguous()
-    return _InfoNCEFn.apply(qh, kh, pos, tau, 0 if exclude_self else None, backend)
+    return torch.ops.fastssl.info_nce_fwd(q, k, pos, _tau_tensor(tau, q), normalize, 0, exclude_self, backend)[0]
 
 
 def nt_xent(z1, z2, temperature=0.1, normalize=True, gather=False):
@@ -421,28 +771,31 @@ def nt_xent(z1, z2, temperature=0.1, normalize=True, gather=False):
     is row (i + N) mod 2N, its candidates every row j != i (2N - 1 of them), logits cosine
     similarity / ``temperature`` (raw dot products with ``normalize=False``); the loss is the mean of
     -log softmax(positive) over the 2N rows. Never builds the 2N x 2N matrix: extra memory O(N*D).
+    ``temperature``: a positive number, or a 1-element tensor that may require grad (learnable,
+    CLIP-style; tau <= 0 in a tensor gives NaN).
 
     ``gather=True`` under torch.distributed (world size W > 1): local rows are scored against every
     rank's rows; each rank returns its local contribution (mean over its 2n rows) so that the mean of
     the ranks' losses is the global-batch loss and DDP's gradient averaging yields exactly the
     single-process gradient (rank r's z grads are W x dL_global/dz_r). Same local N on every rank.
     Without a process group or with W = 1, ``gather`` is ignored. See the module docstring for the
-    numerics contract (fp32 accumulation, error bound, determinism).
+    numerics contract (fp32 accumulation, error bound, determinism). Raises ValueError on bad input.
     """
     _check_pair(z1, z2)
     tau = _check_temperature(temperature)
     z = torch.cat([z1, z2], dim=0)
     backend = _pick_backend(z)
     if backend == "ref":
+        tau = _tau_tensor(tau, z) if isinstance(tau, torch.Tensor) else tau
         return nt_xent_ref(z1, z2, tau, normalize, gather).to(_compute_dtype(z.dtype))
-    zh = _prepare(z, normalize, backend)
+    t = _tau_tensor(tau, z)
     ws = world_size() if gather else 1
     if ws == 1:
-        return _NTXentFn.apply(zh, tau, backend)
-    offset = rank() * zh.shape[0]
-    keys = all_gather_with_grad(zh)
-    pos = _nt_xent_positives(zh.shape[0], offset, zh.device)
-    return _InfoNCEFn.apply(zh, keys, pos, tau, offset, backend)
+        return torch.ops.fastssl.nt_xent_fwd(z, t, normalize, backend)[0]
+    offset = rank() * z.shape[0]
+    keys = all_gather_with_grad(z)
+    pos = _nt_xent_positives(z.shape[0], offset, z.device)
+    return torch.ops.fastssl.info_nce_fwd(z, keys, pos, t, normalize, offset, True, backend)[0]
 
 
 class NTXentLoss(torch.nn.Module):
