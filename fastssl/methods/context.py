@@ -17,7 +17,7 @@ from fastssl.methods._tiles import GRID, add_tile_args, arrange, check_tile_conf
 from fastssl.methods.base import Method, register
 from fastssl.models import MLPHead
 from fastssl.ops import sample_tiles
-from fastssl.ops.sample_tiles import neighbour_cell
+from fastssl.ops.sample_tiles import neighbour_cell, sample_tiles_op
 
 POSITIONS = 8
 
@@ -41,6 +41,7 @@ class Context(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.tile = tile_size(cfg)
+        sample_tiles_op()  # load the extension now, not inside a torch.compile trace
         self.head = MLPHead(2 * self.backbone.feature_dim, cfg["head_hidden"], POSITIONS, num_layers=2)
 
     def _tiles(self, x, generator=None):

@@ -21,6 +21,7 @@ from fastssl.methods._tiles import GRID, add_tile_args, arrange, check_tile_conf
 from fastssl.methods.base import Method, register
 from fastssl.models import MLPHead
 from fastssl.ops import jigsaw_permutations, sample_tiles
+from fastssl.ops.sample_tiles import sample_tiles_op
 
 MAX_PERMUTATIONS = 1000  # the largest set of the paper; the greedy search takes seconds
 
@@ -54,6 +55,7 @@ class Jigsaw(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.tile = tile_size(cfg)
+        sample_tiles_op()  # load the extension now, not inside a torch.compile trace
         self.register_buffer("perms", jigsaw_permutations(cfg["permutations"], GRID * GRID, "maxmin", seed=0))
         self.head = MLPHead(GRID * GRID * self.backbone.feature_dim, cfg["head_hidden"], cfg["permutations"],
                             num_layers=2)

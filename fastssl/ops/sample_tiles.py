@@ -184,14 +184,20 @@ def sample_tiles(images: torch.Tensor, task: str = "jigsaw", *, tile: int, perms
     seed = 0
     if draws is None:
         seed = int(torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.int64))
-    tiles, used = sample_tiles_op()(images, perms if task == "jigsaw" else None, draws, TASKS[task], grid, tile,
+    op = _OP or sample_tiles_op()  # a global once loaded, so torch.compile traces no extension loading
+    tiles, used = op(images, perms if task == "jigsaw" else None, draws, TASKS[task], grid, tile,
                                     seed, channels_last, normalize, float(gray_p), float(drop_p), float(eps))
     return Tiles(tiles, used[:, 0], used)
 
 
+_OP = None
+
+
 @lru_cache(maxsize=1)
 def sample_tiles_op():
-    """torch.ops.fastssl.sample_tiles with the extension loaded and its fake kernel registered."""
+    """torch.ops.fastssl.sample_tiles with the extension loaded and its fake kernel registered (call it, or
+    sample_tiles, once eagerly before torch.compile traces a call)."""
+    global _OP
     from fastssl._ext import load
 
     load()
@@ -207,4 +213,5 @@ def sample_tiles_op():
         tiles = images.new_empty((B, n_out, C, tile, tile), dtype=dtype)
         return tiles, images.new_empty((B, 3 + 2 * n_out), dtype=torch.int64)
 
-    return torch.ops.fastssl.sample_tiles
+    _OP = torch.ops.fastssl.sample_tiles
+    return _OP
