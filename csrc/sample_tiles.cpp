@@ -75,6 +75,27 @@ inline acc_t load_scaled(in_t v) {
   return static_cast<acc_t>(v);
 }
 
+// Sum of v[i] - center (kSquares false) or of (v[i] - center)^2 over n values, in 8 independent lanes so the
+// compiler can keep them in one SIMD register (a single running sum has to be added in order).
+template <bool kSquares, typename acc_t>
+inline acc_t lane_sum(const acc_t* v, int64_t n, acc_t center) {
+  acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  constexpr bool squares = kSquares;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      const acc_t t = v[i + k] - center;
+      lanes[k] += squares ? t * t : t;
+    }
+  acc_t total = 0;
+  for (; i < n; ++i) {
+    const acc_t t = v[i] - center;
+    total += squares ? t * t : t;
+  }
+  for (int k = 0; k < 8; ++k) total += lanes[k];
+  return total;
+}
+
 template <typename in_t, typename out_t, typename acc_t>
 void cut_tiles(const at::Tensor& images, const int64_t* perms, const int64_t* draws, at::Tensor& out, int64_t mode,
                int64_t grid, int64_t tile, bool channels_last, bool normalize, double eps) {
@@ -85,7 +106,8 @@ void cut_tiles(const at::Tensor& images, const int64_t* perms, const int64_t* dr
   const int64_t D = n_draws(mode, grid), T = tile * tile, n_cells = grid * grid;
   const in_t* src = images.data_ptr<in_t>();
   out_t* dst = out.data_ptr<out_t>();
-  at::parallel_for(0, B * n_out, 8, [&](int64_t begin, int64_t end) {
+  const bool channels_inner = sc < sx;  // NHWC-like memory: read pixel by pixel, all channels at once
+  at::parallel_for(0, B * n_out, 4, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(C * T);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / n_out, p = job % n_out;
@@ -94,32 +116,39 @@ void cut_tiles(const at::Tensor& images, const int64_t* perms, const int64_t* dr
       int64_t y0, x0;
       tile_origin(d, perm_row, p, mode, grid, H, W, &y0, &x0);
       const in_t* img = src + b * sb + y0 * sy + x0 * sx;
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t y = 0; y < tile; ++y)
-          for (int64_t x = 0; x < tile; ++x) buf[c * T + y * tile + x] = load_scaled<acc_t>(img[c * sc + y * sy + x * sx]);
+      for (int64_t y = 0; y < tile; ++y) {
+        const in_t* row = img + y * sy;
+        acc_t* out_row = buf.data() + y * tile;
+        if (channels_inner) {
+          for (int64_t x = 0; x < tile; ++x)
+            for (int64_t c = 0; c < C; ++c) out_row[c * T + x] = load_scaled<acc_t>(row[x * sx + c * sc]);
+        } else {
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t x = 0; x < tile; ++x) out_row[c * T + x] = load_scaled<acc_t>(row[c * sc + x * sx]);
+        }
+      }
       if (d[1]) {  // grayscale: every channel becomes the luma (ITU-R 601)
+        acc_t* r = buf.data();
         for (int64_t i = 0; i < T; ++i) {
-          const acc_t g = acc_t(0.299) * buf[i] + acc_t(0.587) * buf[T + i] + acc_t(0.114) * buf[2 * T + i];
-          buf[i] = buf[T + i] = buf[2 * T + i] = g;
+          const acc_t g = acc_t(0.299) * r[i] + acc_t(0.587) * r[T + i] + acc_t(0.114) * r[2 * T + i];
+          r[i] = r[T + i] = r[2 * T + i] = g;
         }
       }
       out_t* o = dst + job * C * T;
       for (int64_t c = 0; c < C; ++c) {
         const acc_t* v = buf.data() + c * T;
+        out_t* oc = o + c * T;
         if (d[2] >= 0 && c != d[2]) {  // colour dropping: only channel d[2] survives
-          for (int64_t i = 0; i < T; ++i) o[c * T + i] = static_cast<out_t>(0);
+          for (int64_t i = 0; i < T; ++i) oc[i] = static_cast<out_t>(0);
           continue;
         }
-        if (normalize) {  // two-pass mean / biased variance, accumulated in double
-          double s = 0;
-          for (int64_t i = 0; i < T; ++i) s += v[i];
-          const double mean = s / T;
-          double q = 0;
-          for (int64_t i = 0; i < T; ++i) q += (v[i] - mean) * (v[i] - mean);
-          const double inv = 1.0 / std::sqrt(q / T + eps);
-          for (int64_t i = 0; i < T; ++i) o[c * T + i] = static_cast<out_t>((v[i] - mean) * inv);
+        if (normalize) {  // two passes: mean, then biased variance (8 partial sums each: vectorizable)
+          const acc_t mean = lane_sum<false>(v, T, acc_t(0)) / acc_t(T);
+          const acc_t var = lane_sum<true>(v, T, mean) / acc_t(T);
+          const acc_t inv = acc_t(1) / std::sqrt(var + acc_t(eps));
+          for (int64_t i = 0; i < T; ++i) oc[i] = static_cast<out_t>((v[i] - mean) * inv);
         } else {
-          for (int64_t i = 0; i < T; ++i) o[c * T + i] = static_cast<out_t>(v[i]);
+          for (int64_t i = 0; i < T; ++i) oc[i] = static_cast<out_t>(v[i]);
         }
       }
     }
