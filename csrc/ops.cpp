@@ -87,6 +87,9 @@ at::Tensor hamming_greedy_cpu(const at::Tensor& candidates_in, const at::Tensor&
 
 TORCH_LIBRARY(fastssl, m) {
   m.def("hamming_greedy(Tensor candidates, Tensor priority, int k, bool use_min) -> Tensor");
+  // Jigsaw / context tiles (kernels in sample_tiles.cpp and cuda/sample_tiles.cu): -> (tiles, draws).
+  m.def("sample_tiles(Tensor images, Tensor? perms, Tensor? draws, int mode, int grid, int tile, int seed, "
+        "bool channels_last, bool normalize, float gray_p, float drop_p, float eps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastssl, CPU, m) { m.impl("hamming_greedy", &fastssl::hamming_greedy_cpu); }

@@ -3,7 +3,7 @@
 ``METHODS`` maps names to :class:`Method` subclasses; ``build_method(name, cfg)`` builds one.
 """
 
-from fastssl.methods import mae, simclr  # noqa: F401  (registers)
+from fastssl.methods import context, jigsaw, mae, rotation, simclr  # noqa: F401  (registers)
 from fastssl.methods.base import METHODS, Method, backbone_kwargs, register
 
 

@@ -7,6 +7,7 @@ from fastssl.ops.jigsaw_permutations import (
     min_hamming_distance,
 )
 from fastssl.ops.nt_xent import NTXentLoss, info_nce, info_nce_ref, nt_xent, nt_xent_ref
+from fastssl.ops.sample_tiles import Tiles, sample_tiles, sample_tiles_ref
 
 __all__ = [
     "jigsaw_permutations",
@@ -18,6 +19,7 @@ __all__ = [
     "info_nce_ref",
     "nt_xent",
     "nt_xent_ref",
+    "Tiles", "sample_tiles", "sample_tiles_ref",
 ]
 
 # MAE token ops (masking, masked-only patch embedding, unshuffle, masked-patch loss)
