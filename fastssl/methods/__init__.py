@@ -3,6 +3,7 @@
 ``METHODS`` maps names to :class:`Method` subclasses; ``build_method(name, cfg)`` builds one.
 """
 
+import fastssl.methods.denoise  # noqa: F401  (registers)
 from fastssl.methods import simclr  # noqa: F401  (registers)
 from fastssl.methods.base import METHODS, Method, backbone_kwargs, register
 
