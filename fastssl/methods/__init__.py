@@ -4,6 +4,7 @@
 """
 
 import fastssl.methods.denoise  # noqa: F401  (registers)
+import fastssl.methods.inpaint  # noqa: F401  (registers)
 from fastssl.methods import simclr  # noqa: F401  (registers)
 from fastssl.methods.base import METHODS, Method, backbone_kwargs, register
 

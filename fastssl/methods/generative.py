@@ -62,7 +62,7 @@ def from_pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 def image_decoder(backbone: nn.Module, image_size: int, out_channels: int = 3, upsample_to: int | None = None,
-                  min_width: int = 16) -> ConvDecoder:
+                  min_width: int = 8) -> ConvDecoder:
     """A ConvDecoder from the backbone's last feature map to ``upsample_to`` px (default ``image_size``)."""
     stride = feature_stride(backbone)
     target = upsample_to or image_size
