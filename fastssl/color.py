@@ -131,7 +131,7 @@ def soft_encode(ab: torch.Tensor, bins: torch.Tensor, k: int = 5, sigma: float =
         raise ValueError(f"k must be in [1, {q}], got {k}")
     b, _, h, w = ab.shape
     pts = ab.float().permute(0, 2, 3, 1).reshape(-1, 2)
-    d2 = torch.cdist(pts, bins.float().to(pts.device)) ** 2  # [N, Q]
+    d2 = torch.cdist(pts, bins.float().to(pts.device), compute_mode="donot_use_mm_for_euclid_dist") ** 2  # [N, Q]
     near_d2, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
     wts = torch.softmax(-near_d2 / (2 * sigma ** 2), dim=1)  # exp(-d^2/2s^2) normalized
     out = torch.zeros(pts.shape[0], q, device=pts.device, dtype=torch.float32)
