@@ -3,6 +3,7 @@
 ``METHODS`` maps names to :class:`Method` subclasses; ``build_method(name, cfg)`` builds one.
 """
 
+import fastssl.methods.bow  # noqa: F401  (registers)
 import fastssl.methods.colorize  # noqa: F401  (registers)
 import fastssl.methods.denoise  # noqa: F401  (registers)
 import fastssl.methods.inpaint  # noqa: F401  (registers)
