@@ -22,6 +22,9 @@ Recipes and their options (override any through ``make_loader(..., recipe_option
   crop ``image_size``.
 - ``rotation`` (1 view): resize the shorter side to ``image_size * resize`` (``resize=256/224``), one
   random ``image_size`` crop, flip 0.5. The method rotates it 4 ways itself.
+- ``crop`` (1 view): as ``rotation`` (resize the shorter side to ``image_size * resize``, one random
+  crop, flip 0.5), for the methods that corrupt or recolour the view themselves (denoise, inpaint,
+  colorize).
 - ``jigsaw`` / ``context`` (1 view): resize the shorter side to ``image_size * resize`` (``resize=1.15``),
   one random crop of the grid size ``image_size``, no flip (the tile methods cut tiles themselves).
 
@@ -196,6 +199,7 @@ RECIPES: dict[str, Recipe] = {
     "mae": Recipe("mae", 1, _mae, dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5)),
     "eval": Recipe("eval", 1, _eval, dict(crop_ratio=0.875)),
     "rotation": Recipe("rotation", 1, _one_crop, dict(resize=256 / 224, flip_p=0.5)),
+    "crop": Recipe("crop", 1, _one_crop, dict(resize=256 / 224, flip_p=0.5)),
     "jigsaw": Recipe("jigsaw", 1, _one_crop, dict(resize=1.15, flip_p=0.0)),
     "context": Recipe("context", 1, _one_crop, dict(resize=1.15, flip_p=0.0)),
 }

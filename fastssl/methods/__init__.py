@@ -3,7 +3,17 @@
 ``METHODS`` maps names to :class:`Method` subclasses; ``build_method(name, cfg)`` builds one.
 """
 
-from fastssl.methods import context, jigsaw, mae, rotation, simclr  # noqa: F401  (registers)
+from fastssl.methods import (  # noqa: F401  (each import registers its method)
+    bow,
+    colorize,
+    context,
+    denoise,
+    inpaint,
+    jigsaw,
+    mae,
+    rotation,
+    simclr,
+)
 from fastssl.methods.base import METHODS, Method, backbone_kwargs, register
 
 

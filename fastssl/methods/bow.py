@@ -1,0 +1,224 @@
+"""BoWNet (Gidaris et al. 2020, "Learning Representations by Predicting Bags of Visual Words").
+
+A frozen teacher (the backbone of another fastssl run, ``--teacher RUN``) gives local feature vectors
+(its feature map after ResNet stage ``--teacher-layer``, one vector per position); a vocabulary of
+``--vocab-size`` K visual words is fit on them by k-means (on the device, k-means++ seeding with a
+fixed seed, progress bar; cached under ``$FASTSSL_CACHE/bow``). Each image's target is its
+bag-of-words: the histogram of the nearest word of every local feature of the teacher's view,
+normalized to sum 1 (hard assignment; the paper also describes a soft one). The student (the
+backbone being trained) sees a differently augmented view of the same image (two views of the
+``simclr`` recipe: the teacher gets the first, the student the second) and predicts the histogram
+with a cosine-similarity linear layer with a learned scale (Sec. 3.2) trained by soft cross-entropy
+``-sum_k y_k log softmax(s)_k``.
+
+Make a teacher first, e.g. ``python -m fastssl.train --method rotation --out runs/teacher`` (any
+fastssl run with the same ``--arch``), then ``python -m fastssl.train --method bow --teacher runs/teacher``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastssl.errors import ConfigError
+from fastssl.methods.base import Method, register
+from fastssl.methods.kmeans import assign, kmeans
+from fastssl.viz import denormalize, save_grid
+
+HOW_TO_TEACHER = ("make one first, e.g. `python -m fastssl.train --method rotation --out runs/teacher` (any fastssl "
+                  "run with the same --arch), then pass --teacher runs/teacher")
+
+
+def _vocab_size(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def teacher_path(teacher: str | None) -> Path:
+    """The checkpoint file of ``--teacher`` (a run folder -> its last.pt); ConfigError if missing."""
+    if not teacher:
+        raise ConfigError(f"--teacher is required: bow learns from a frozen teacher network; {HOW_TO_TEACHER}")
+    path = Path(teacher).expanduser()
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"--teacher {teacher}: no checkpoint at {path}; {HOW_TO_TEACHER}")
+    return path
+
+
+def load_teacher_checkpoint(teacher: str | None) -> dict:
+    path = teacher_path(teacher)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (any unreadable file is the same user error)
+        raise ConfigError(f"--teacher {teacher}: {path} is not a readable fastssl checkpoint "
+                          f"({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt) or "method" not in ckpt["config"]:
+        raise ConfigError(f"--teacher {teacher}: {path} is not a fastssl training checkpoint (no model/config)")
+    return ckpt
+
+
+def stage_features(backbone: nn.Module, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """A ResNet backbone's feature map after stage ``layer`` (1-4): ``[B, C, h, w]``. Backbones that wrap a
+    ResNet and convert their input (colorize's LuminanceInput: ``net`` + ``luminance``) are unwrapped."""
+    if hasattr(backbone, "net") and hasattr(backbone, "luminance"):
+        x, backbone = backbone.luminance(x).to(x.dtype), backbone.net
+    m = backbone
+    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+    for i in range(1, layer + 1):
+        x = getattr(m, f"layer{i}")(x)
+    return x
+
+
+def bow_histogram(words: torch.Tensor, k: int) -> torch.Tensor:
+    """Word indices ``[B, L]`` (int64) -> normalized histograms ``[B, k]`` (float32, each row sums to 1)."""
+    b, n = words.shape
+    hist = torch.zeros(b, k, device=words.device).scatter_add_(1, words, torch.ones(b, n, device=words.device))
+    return hist / n
+
+
+@register("bow")
+class BoW(Method):
+    recipe = "simclr"
+    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=1, optimizer="adamw",
+                    lr=2e-3, weight_decay=0.05, warmup_epochs=0.1)
+
+    @staticmethod
+    def add_args(parser):
+        g = parser.add_argument_group("bow")
+        g.add_argument("--teacher", default=None,
+                       help="run folder (or checkpoint) of a fastssl run: the frozen teacher")
+        g.add_argument("--vocab-size", type=_vocab_size, default=256, help="K, the number of visual words")
+        g.add_argument("--teacher-layer", type=int, choices=[2, 3, 4], default=3,
+                       help="ResNet stage whose feature map gives the local features")
+        g.add_argument("--vocab-images", type=_positive_int, default=2000,
+                       help="training images whose teacher features the k-means vocabulary is fit on")
+        g.add_argument("--kmeans-iters", type=_positive_int, default=30, help="Lloyd iterations")
+        g.add_argument("--min-scale", type=float, default=0.35, help="smallest random-resized-crop area")
+
+    @classmethod
+    def check_config(cls, cfg):
+        ckpt = load_teacher_checkpoint(cfg["teacher"])
+        t_arch = ckpt["config"].get("arch")
+        if t_arch != cfg["arch"] or not str(t_arch).startswith("resnet"):
+            raise ConfigError(f"--teacher {cfg['teacher']}: its arch is {t_arch!r}, the student's --arch is "
+                              f"{cfg['arch']!r}; bow needs a ResNet teacher of the same arch")
+
+    def recipe_options(self):
+        return {"scale": (self.cfg["min_scale"], 1.0)}
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from fastssl.methods import build_method
+
+        ckpt = load_teacher_checkpoint(cfg["teacher"])
+        t_cfg = dict(ckpt["config"])
+        teacher = build_method(t_cfg["method"], t_cfg)
+        teacher.load_state_dict(ckpt["model"])
+        self.teacher = teacher.backbone
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+        k = cfg["vocab_size"]
+        self.register_buffer("vocab", self._fit_vocab(cfg, teacher_path(cfg["teacher"])))
+        d = self.backbone.feature_dim
+        self.word_weight = nn.Parameter(torch.randn(k, d) * 0.01)
+        self.scale = nn.Parameter(torch.tensor(10.0))  # learned kappa of the cosine classifier
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen: batch norm keeps its statistics
+        return self
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher local features of views ``x``: ``[B, h*w, C]`` (float32)."""
+        with torch.no_grad():
+            f = stage_features(self.teacher, x, self.cfg["teacher_layer"]).float()
+        return f.flatten(2).transpose(1, 2)
+
+    def _fit_vocab(self, cfg: dict, path: Path) -> torch.Tensor:
+        from fastssl import _ext
+        from fastssl import checkpoint as ckpt_io
+        from fastssl.data import demo_root, make_loader
+        from fastssl.eval import data_splits
+
+        src, _ = data_splits(cfg.get("data") or str(demo_root(seed=0)))
+        n = min(cfg["vocab_images"], len(src))
+        st = path.stat()
+        key = hashlib.sha256(repr((str(path.resolve()), st.st_size, st.st_mtime_ns, str(src.root), len(src), n,
+                                   cfg["image_size"], cfg["vocab_size"], cfg["teacher_layer"], cfg["kmeans_iters"],
+                                   1)).encode()).hexdigest()[:16]
+        cache = _ext.cache_dir() / "bow" / f"vocab_{key}.pt"
+        if cache.is_file():
+            return torch.load(cache, map_location="cpu", weights_only=True)
+        device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.teacher.to(device)
+        bs = min(256, n)
+        loader = make_loader(src, "eval", batch_size=bs, epoch=0, seed=0, device=device, image_size=cfg["image_size"],
+                             num_threads=cfg.get("workers") or 1, drop_last=False, shuffle=False)
+        feats, seen = [], 0
+        print(f"fastssl.train: bow: teacher features of {n} training images, k-means K={cfg['vocab_size']} "
+              f"(cached in {cache})", file=sys.stderr)
+        for views, _ in loader:
+            v = views[0][: n - seen]
+            f = self._local(v)
+            feats.append(f.reshape(-1, f.shape[-1]))
+            seen += v.shape[0]
+            if seen >= n:
+                break
+        x = torch.cat(feats)
+        if x.shape[0] < cfg["vocab_size"]:
+            raise ConfigError(f"--vocab-size {cfg['vocab_size']} exceeds the {x.shape[0]} teacher features of "
+                              f"{n} images (--vocab-images)")
+        vocab = kmeans(x, cfg["vocab_size"], iters=cfg["kmeans_iters"], seed=0, progress=not cfg.get("quiet")).cpu()
+        self.teacher.cpu()
+        ckpt_io.atomic_save(vocab, cache)
+        return vocab
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized BoW histograms ``[B, K]`` of the teacher's view ``x``."""
+        f = self._local(x)
+        b, n, c = f.shape
+        words = assign(f.reshape(-1, c), self.vocab.float()).view(b, n)
+        return bow_histogram(words, self.vocab.shape[0])
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Student logits ``[B, K]``: scale * cos(features, word weights)."""
+        f = F.normalize(self.backbone(x).float(), dim=1)
+        return self.scale * f @ F.normalize(self.word_weight.float(), dim=1).T
+
+    def forward(self, views, labels):
+        y = self.targets(views[0])
+        logp = torch.log_softmax(self.predict(views[1]), dim=1)
+        loss = -(y * logp).sum(1).mean()
+        with torch.no_grad():
+            top_match = (logp.argmax(1) == y.argmax(1)).float().mean()
+        return loss, {"top_word_acc": top_match}
+
+    def visualize(self, views, labels, path, epoch):
+        y = self.targets(views[0])
+        p = torch.softmax(self.predict(views[1]), dim=1)
+
+        def bars(h: torch.Tensor, height: int = 48) -> torch.Tensor:
+            h = h.float().cpu()
+            level = (h / h.max().clamp_min(1e-12) * height).round()
+            rows = torch.arange(height, 0, -1).view(height, 1).float()
+            return (rows <= level.view(1, -1)).float().mul(0.8)[None].expand(3, -1, -1) * -1 + 1
+
+        rows = [[denormalize(a), denormalize(b), bars(t), bars(q)] for a, b, t, q in zip(views[0], views[1], y, p)]
+        save_grid(rows, path, col_titles=["teacher view", "student view", "target BoW", f"predicted ep{epoch}"])

@@ -1,0 +1,184 @@
+"""Colorization as classification (Zhang et al. 2016, "Colorful Image Colorization"): from the L channel of
+CIE Lab, predict a distribution over the quantized ab colours of each pixel.
+
+On the device, inside ``forward``: RGB -> Lab (fastssl.color); the backbone sees ``(L - 50) / 50`` only;
+the ab target, average-pooled to 1/4 of the image size (the paper predicts at 1/4 resolution), is
+soft-encoded over its 5 nearest in-gamut bins (sigma 5, fastssl.color.soft_encode); the loss is the
+class-rebalanced multinomial cross-entropy of Eq. 2: each pixel weighted by ``w[q*]`` of its
+target's most likely bin ``q*``. The weights (Eq. 4: the empirical bin distribution of the training
+data, Gaussian-smoothed with sigma 5, mixed with the uniform with lambda 0.5, expectation 1) come from
+a first pass over the training set (centre crops, no shuffle), shown with a progress bar and cached
+under ``$FASTSSL_CACHE/colorize`` (or ``~/.cache/fastssl/colorize``). Saved colourizations use the
+annealed-mean decode with T=0.38 (Sec. 2.3).
+
+The backbone (``self.backbone``, what kNN / the linear probe evaluate) is ``LuminanceInput``: it takes
+the pipeline's normalized RGB views and computes L itself, so the evaluation feeds it exactly what
+training did (the paper evaluates its features on grayscale input too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastssl.color import ab_gamut_bins, annealed_mean, lab_to_rgb, rebalance_weights, rgb_to_lab, soft_encode
+from fastssl.methods.base import Method, backbone_kwargs, register
+from fastssl.methods.generative import image_decoder, positive_int, require_resnet, to_pixels
+from fastssl.models import build_backbone
+from fastssl.viz import save_grid
+
+AB_GRID = 10  # the paper's grid size
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _lam(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+class LuminanceInput(nn.Module):
+    """A 1-channel ResNet fed the L channel of normalized RGB views: ``[B, 3, H, W] -> [B, feature_dim]``
+    (``forward``) or the feature map (``forward_features``). ``net`` is the ResNet (in_chans=1)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.feature_dim = net.feature_dim
+        self.cifar_stem = net.cifar_stem
+
+    @staticmethod
+    def luminance(x: torch.Tensor) -> torch.Tensor:
+        """Normalized RGB views -> ``(L - 50) / 50`` ``[B, 1, H, W]`` (float32)."""
+        lab = rgb_to_lab(to_pixels(x.float()).clamp(0, 1))
+        return (lab[:, :1] - 50) / 50
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(self.luminance(x).to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.luminance(x).to(x.dtype))
+
+
+def _cache_dir():
+    from fastssl import _ext
+
+    return _ext.cache_dir() / "colorize"
+
+
+def bin_counts(cfg: dict, bins: torch.Tensor, subsample: int) -> torch.Tensor:
+    """Counts ``[Q]`` (float64) of the nearest bin of every ab value of the training set, at the
+    training target's resolution (``subsample``-pooled centre crops); cached (atomic write)."""
+    from fastssl import checkpoint as ckpt_io
+    from fastssl.data import demo_root, make_loader
+    from fastssl.eval import data_splits
+    from fastssl.progress import Progress
+
+    root = cfg.get("data") or str(demo_root(seed=0))
+    src, _ = data_splits(root)
+    s = cfg["image_size"]
+    key = hashlib.sha256(repr((str(src.root), len(src), s, subsample, bins.tolist(), 1)).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"bin_counts_{key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bs = min(256, len(src))
+    loader = make_loader(src, "eval", batch_size=bs, epoch=0, seed=0, device=device, image_size=s,
+                         num_threads=cfg.get("workers") or 1, drop_last=False, shuffle=False)
+    n_batches = -(-len(src) // bs)
+    progress = Progress(n_batches, bs, enabled=not cfg.get("quiet"))
+    counts = torch.zeros(bins.shape[0], dtype=torch.float64, device=device)
+    c = bins.to(device)
+    print(f"fastssl.train: colorize: ab bin statistics of {len(src)} training images (cached in {path})",
+          file=sys.stderr)
+    with torch.no_grad():
+        for i, (views, _) in enumerate(loader):
+            ab = F.avg_pool2d(rgb_to_lab(to_pixels(views[0].float()).clamp(0, 1))[:, 1:], subsample)
+            idx = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), c).argmin(1)
+            counts += torch.bincount(idx, minlength=c.shape[0]).double()
+            progress.update(i + 1, prefix="colorize bins ", force=i + 1 == n_batches)
+    progress.close()
+    counts = counts.cpu()
+    ckpt_io.atomic_save(counts, path)
+    return counts
+
+
+@register("colorize")
+class Colorize(Method):
+    recipe = "crop"
+    # Demo defaults (a 2-core CPU): see README "denoise, inpaint, colorize, bow on the demo data".
+    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=1, optimizer="adamw",
+                    lr=2e-3, weight_decay=0.05, warmup_epochs=0.1)
+    subsample = 4  # targets at 1/4 of the image size (the paper: 56 of 224)
+
+    @staticmethod
+    def add_args(parser):
+        g = parser.add_argument_group("colorize")
+        g.add_argument("--soft-k", type=positive_int, default=5, help="nearest bins of the soft encoding")
+        g.add_argument("--soft-sigma", type=_positive, default=5.0, help="soft-encoding Gaussian sigma (ab units)")
+        g.add_argument("--rebalance-lambda", type=_lam, default=0.5,
+                       help="mix of the smoothed bin distribution with the uniform (1: no rebalancing)")
+        g.add_argument("--anneal-t", type=_positive, default=0.38, help="annealed-mean temperature (pictures)")
+
+    @classmethod
+    def check_config(cls, cfg):
+        require_resnet(cfg, "colorize")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        net = build_backbone(cfg["arch"], in_chans=1, **backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"]))
+        self.backbone = LuminanceInput(net)
+        self.register_buffer("bins", ab_gamut_bins(AB_GRID))
+        q = self.bins.shape[0]
+        if cfg["soft_k"] > q:
+            raise ValueError(f"--soft-k {cfg['soft_k']} exceeds the {q} bins")
+        s = cfg["image_size"]
+        self.decoder = image_decoder(self.backbone, s, out_channels=q, upsample_to=max(1, s // self.subsample),
+                                     min_width=32)
+        counts = bin_counts(cfg, self.bins, self.subsample)
+        self.register_buffer("class_weights", rebalance_weights(counts, self.bins, sigma=5.0,
+                                                                lam=cfg["rebalance_lambda"]).float())
+
+    def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(soft targets ``[B, Q, h, w]``, per-pixel weights ``[B, h, w]``) of normalized views ``x``."""
+        with torch.no_grad():
+            ab = rgb_to_lab(to_pixels(x.float()).clamp(0, 1))[:, 1:]
+            h = max(1, x.shape[-1] // self.subsample)
+            ab = F.adaptive_avg_pool2d(ab, h)
+            z = soft_encode(ab, self.bins, k=self.cfg["soft_k"], sigma=self.cfg["soft_sigma"])
+            return z, self.class_weights[z.argmax(1)]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.backbone.forward_features(x))
+
+    def forward(self, views, labels):
+        x = views[0]
+        z, v = self.targets(x)
+        logp = torch.log_softmax(self.logits(x).float(), dim=1)
+        loss = -(v * (z * logp).sum(1)).mean()
+        with torch.no_grad():
+            acc = (logp.argmax(1) == z.argmax(1)).float().mean()
+        return loss, {"bin_acc": acc}
+
+    def visualize(self, views, labels, path, epoch):
+        x = views[0]
+        lab = rgb_to_lab(to_pixels(x.float()).clamp(0, 1))
+        ab = annealed_mean(self.logits(x), self.bins, self.cfg["anneal_t"])
+        ab = F.interpolate(ab, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        rgb = lab_to_rgb(torch.cat([lab[:, :1], ab], 1)).cpu()
+        gray = (lab[:, :1] / 100).clamp(0, 1).cpu()
+        truth = to_pixels(x.float()).clamp(0, 1).cpu()
+        rows = [[g, t, r] for g, t, r in zip(gray, truth, rgb)]
+        save_grid(rows, path, col_titles=["L (input)", "ground truth", f"annealed mean ep{epoch}"])

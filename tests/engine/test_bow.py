@@ -1,0 +1,117 @@
+"""bow: k-means against a plain reference, BoW histograms, teacher errors through the real CLI, tiny runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastssl.errors import ConfigError
+from fastssl.methods.bow import bow_histogram
+from fastssl.methods.kmeans import assign, kmeans, kmeans_pp_init, lloyd
+from fastssl.train import parse_config
+
+
+def _run(args):
+    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=900)
+
+
+def _lloyd_ref(x: np.ndarray, c: np.ndarray, iters: int) -> np.ndarray:
+    """Textbook Lloyd in float64 numpy (nearest centre by a Python loop over centres)."""
+    c = c.copy()
+    for _ in range(iters):
+        d = np.stack([((x - ci) ** 2).sum(1) for ci in c], 1)
+        idx = d.argmin(1)
+        for j in range(len(c)):
+            if (idx == j).any():
+                c[j] = x[idx == j].mean(0)
+    return c
+
+
+def test_lloyd_matches_reference_from_the_same_seeding():
+    x = torch.randn(301, 5, dtype=torch.float64)
+    init = kmeans_pp_init(x, 7, torch.Generator().manual_seed(3))
+    got = lloyd(x, init.clone(), iters=50)
+    ref = _lloyd_ref(x.numpy(), init.numpy(), 50)
+    assert np.abs(got.numpy() - ref).max() <= 1e-9 * np.abs(ref).max()
+
+
+def test_kmeans_recovers_separated_clusters_and_is_deterministic():
+    gen = torch.Generator().manual_seed(0)
+    true = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = (true.repeat_interleave(50, 0) + 0.3 * torch.randn(200, 2, generator=gen))
+    c = kmeans(x, 4, iters=20, seed=0)
+    d = torch.cdist(true, c)
+    assert d.min(1).values.max() < 0.2 and (d.argmin(1).sort().values == torch.arange(4)).all()
+    assert torch.equal(c, kmeans(x, 4, iters=20, seed=0))
+    idx = assign(x, c)
+    assert (idx.view(4, 50) == idx.view(4, 50)[:, :1]).all()  # each blob is one word
+    with pytest.raises(ValueError, match="k >= 2"):
+        kmeans(x, 1)
+    with pytest.raises(ValueError, match="N >= k"):
+        kmeans(x[:3], 4)
+
+
+def test_bow_histograms_sum_to_one_and_count_words():
+    words = torch.randint(0, 9, (5, 16))
+    h = bow_histogram(words, 9)
+    assert h.shape == (5, 9) and torch.allclose(h.sum(1), torch.ones(5))
+    ref = torch.stack([torch.bincount(w, minlength=9).float() / 16 for w in words])
+    assert torch.equal(h, ref)
+
+
+def test_missing_teacher_is_one_line_error_through_the_cli(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    r = _run(["--method", "bow", "--data", str(tiny_data), "--out", str(out)])
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("fastssl.train: error: --teacher is required") and "--method rotation" in last
+    assert not out.exists()
+
+
+def test_bad_teachers(tmp_path, tiny_data):
+    base = ["--method", "bow", "--data", str(tiny_data)]
+    with pytest.raises(ConfigError, match="no checkpoint at"):
+        parse_config([*base, "--teacher", str(tmp_path / "missing")])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable fastssl checkpoint"):
+        parse_config([*base, "--teacher", str(bad)])
+    weights_only = tmp_path / "weights.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, weights_only)
+    with pytest.raises(ConfigError, match="not a fastssl training checkpoint"):
+        parse_config([*base, "--teacher", str(weights_only)])
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save({"model": {}, "config": {"method": "simclr", "arch": "vit_tiny"}}, other / "last.pt")
+    with pytest.raises(ConfigError, match="its arch is 'vit_tiny'"):
+        parse_config([*base, "--teacher", str(other)])
+    with pytest.raises(SystemExit):  # argparse: --vocab-size must be >= 2
+        parse_config([*base, "--teacher", str(other), "--vocab-size", "1"])
+
+
+@pytest.mark.slow
+def test_tiny_teacher_then_bow_run(tiny_data, tmp_path, fastssl_cache):
+    common = ["--data", str(tiny_data), "--width", "8", "--image-size", "32", "--batch-size", "16", "--workers", "1",
+              "--quiet", "--warmup-epochs", "0.5"]
+    teacher = tmp_path / "teacher"
+    r = _run(["--method", "denoise", "--epochs", "1", "--eval", "none", "--out", str(teacher), *common])
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "bow"
+    r = _run(["--method", "bow", "--teacher", str(teacher), "--vocab-size", "16", "--vocab-images", "64",
+              "--epochs", "2", "--out", str(out), *common])
+    assert r.returncode == 0, r.stderr
+    assert len(list((fastssl_cache[0] / "bow").glob("vocab_*.pt"))) == 1
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert (out / "viz" / "epoch_002.png").is_file() and (out / "eval.json").is_file()
+    ck = torch.load(out / "last.pt", weights_only=False)["model"]
+    t = torch.load(teacher / "last.pt", weights_only=False)["model"]
+    for k, v in t.items():  # the teacher stayed frozen (weights and batch-norm statistics)
+        if k.startswith("backbone."):
+            assert torch.equal(ck["teacher." + k[len("backbone."):]], v), k

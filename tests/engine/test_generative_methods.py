@@ -1,0 +1,177 @@
+"""denoise, inpaint, colorize: corruption / targets against plain references, bad flags through the real
+CLI, and a tiny end-to-end run of each through ``python -m fastssl.train`` (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastssl.color import ab_gamut_bins, rgb_to_lab, soft_encode
+from fastssl.methods import build_method
+from fastssl.methods.generative import from_pixels, to_pixels
+from fastssl.methods.inpaint import center_mask, random_block_mask
+from fastssl.train import parse_config
+
+
+def _run(args, env=None):
+    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}, timeout=900)
+
+
+def _tiny(method, data, out, *extra):
+    return ["--method", method, "--data", str(data), "--width", "8", "--image-size", "32", "--batch-size", "16",
+            "--epochs", "2", "--workers", "1", "--warmup-epochs", "0.5", "--quiet", "--out", str(out), *extra]
+
+
+def _method(name, data, *extra):
+    torch.manual_seed(0)
+    return build_method(name, parse_config(_tiny(name, data, "unused", *extra)))
+
+
+# ----------------------------------------------------------------------------- denoise
+
+def test_denoise_corruption_statistics(tiny_data):
+    m = _method("denoise", tiny_data, "--noise-std", "0", "--mask-frac", "0.3")
+    x = from_pixels(torch.rand(64, 3, 32, 32) * 0.8 + 0.1)  # no pixel is black before masking
+    noisy = to_pixels(m.corrupt(x))
+    black = (noisy.abs() < 1e-5).all(1)
+    assert abs(black.float().mean().item() - 0.3) < 0.01  # 65,536 pixels: 4 sigma ~ 0.007
+    assert torch.allclose(noisy[~black[:, None].expand_as(noisy)], to_pixels(x)[~black[:, None].expand_as(noisy)],
+                          atol=1e-5)
+    m = _method("denoise", tiny_data, "--noise-std", "0.2", "--mask-frac", "0")
+    diff = to_pixels(m.corrupt(x)) - to_pixels(x)
+    assert abs(diff.std().item() - 0.2) < 0.005 and abs(diff.mean().item()) < 0.005
+
+
+def test_denoise_loss_is_mse_to_the_clean_view(tiny_data):
+    m = _method("denoise", tiny_data)
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(1)
+    loss, _ = m([x], None)
+    torch.manual_seed(1)
+    recon = m.reconstruct(m.corrupt(x))
+    assert recon.shape == x.shape
+    assert torch.allclose(loss, ((recon - x) ** 2).mean(), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- inpaint
+
+def test_center_mask_and_overlap_weights():
+    removed, region = center_mask(2, 32, 0.5, 0, "cpu")
+    ref = torch.zeros(32, 32)
+    ref[8:24, 8:24] = 1
+    assert torch.equal(removed[1, 0], ref) and removed.shape == (2, 1, 32, 32)
+    removed, region = center_mask(1, 32, 0.5, 2, "cpu")
+    inner = torch.zeros(32, 32)
+    inner[10:22, 10:22] = 1
+    assert torch.equal(removed[0, 0], inner)
+    assert torch.equal(region[0, 0] == 2, (ref == 1) & (inner == 0))  # the band: in the square, visible
+
+
+def test_random_blocks_cover_at_most_their_area():
+    gen = torch.Generator().manual_seed(0)
+    m = random_block_mask(50, 32, 4, "cpu", gen)
+    area = m.sum((1, 2, 3))
+    assert (area >= 64).all() and (area <= 4 * 64).all() and area.float().mean() > 150  # overlaps are rare
+    one = random_block_mask(20, 32, 1, "cpu", gen)
+    rows, cols = one[:, 0].any(2), one[:, 0].any(1)
+    assert (rows.sum(1) == 8).all() and (cols.sum(1) == 8).all() and (one.sum((1, 2, 3)) == 64).all()
+
+
+def test_inpaint_loss_only_on_the_removed_region(tiny_data):
+    m = _method("inpaint", tiny_data, "--overlap", "2", "--overlap-weight", "10")
+    x = torch.randn(3, 3, 32, 32)
+    removed, weight = m.masks(x)
+    pred = m.reconstruct(x * (1 - removed)).detach().requires_grad_()
+    err = (pred - x) ** 2 * weight
+    loss = err.sum() / (weight.sum() * 3)
+    loss.backward()
+    outside = weight == 0
+    assert (pred.grad * outside).abs().max() == 0 and (pred.grad * ~outside).abs().max() > 0
+    assert set(weight.unique().tolist()) == {0.0, 1.0, 10.0}
+    full, _ = m([x], None)
+    assert torch.isfinite(full)
+    # The encoder never sees the removed pixels: changing them leaves the prediction unchanged.
+    m.eval()
+    x2 = x + removed * torch.randn_like(x)
+    assert torch.allclose(m.reconstruct(x * (1 - removed)), m.reconstruct(x2 * (1 - removed)))
+
+
+# ----------------------------------------------------------------------------- colorize
+
+def test_colorize_targets_and_weights(tiny_data, fastssl_cache):
+    m = _method("colorize", tiny_data)
+    assert m.bins.shape == ab_gamut_bins(10).shape
+    w = m.class_weights.double()
+    cache = list((fastssl_cache[0] / "colorize").glob("bin_counts_*.pt"))
+    assert len(cache) == 1
+    counts = torch.load(cache[0], weights_only=True)
+    from fastssl.color import rebalance_weights
+
+    assert torch.allclose(w, rebalance_weights(counts, m.bins), rtol=1e-6)
+    assert counts.sum() == 96 * 8 * 8  # 96 images, targets at 32 / 4 = 8 px
+    x = from_pixels(torch.rand(2, 3, 32, 32))
+    z, v = m.targets(x)
+    ab = torch.nn.functional.avg_pool2d(rgb_to_lab(to_pixels(x).clamp(0, 1))[:, 1:], 4)
+    assert torch.allclose(z, soft_encode(ab, m.bins), atol=1e-6)
+    assert torch.allclose(z.sum(1), torch.ones(2, 8, 8), atol=1e-5)
+    assert torch.equal(v, m.class_weights[z.argmax(1)])
+    # The backbone sees L only: two images with the same L and different colours give the same features.
+    lab = rgb_to_lab(torch.full((1, 3, 32, 32), 0.5))
+    lab2 = lab.clone()
+    lab2[:, 1] += 20
+    from fastssl.color import lab_to_rgb
+
+    m.eval()
+    f1 = m.backbone(from_pixels(lab_to_rgb(lab)))
+    f2 = m.backbone(from_pixels(lab_to_rgb(lab2)))
+    assert torch.allclose(f1, f2, atol=1e-4) and f1.shape == (1, m.backbone.feature_dim)
+    # A second build reads the cache (same weights, no second pass).
+    assert torch.equal(_method("colorize", tiny_data).class_weights, m.class_weights)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "denoise", "--mask-frac", "1.5"], "--mask-frac"),
+    (["--method", "denoise", "--noise-std", "-1"], "--noise-std"),
+    (["--method", "denoise", "--noise-std", "0", "--mask-frac", "0"], "--noise-std 0"),
+    (["--method", "denoise", "--arch", "vit_tiny"], "--arch vit_tiny"),
+    (["--method", "inpaint", "--hole", "1"], "--hole"),
+    (["--method", "inpaint", "--overlap", "20"], "--overlap 20"),
+    (["--method", "inpaint", "--mask", "random", "--overlap", "2"], "--overlap"),
+    (["--method", "inpaint", "--blocks", "0"], "--blocks"),
+    (["--method", "colorize", "--rebalance-lambda", "2"], "--rebalance-lambda"),
+    (["--method", "colorize", "--anneal-t", "0"], "--anneal-t"),
+    (["--method", "colorize", "--arch", "vit_small"], "--arch vit_small"),
+])
+def test_bad_flags_one_line_error(args, needle, tmp_path):
+    out = tmp_path / "run"
+    r = _run([*args, "--out", str(out)])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith(("fastssl.train: error:", "python -m fastssl.train: error:")), r.stderr
+    assert needle in lines[-1]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["denoise", "inpaint", "colorize"])
+def test_tiny_end_to_end_run(method, tiny_data, tmp_path, fastssl_cache):
+    out = tmp_path / "run"
+    extra = ["--mask", "random"] if method == "inpaint" else []
+    r = _run(_tiny(method, tiny_data, out, *extra))
+    assert r.returncode == 0, r.stderr
+    for name in ["config.json", "last.pt", "eval.json", "viz/epoch_000.png", "viz/epoch_002.png"]:
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    ev = json.loads((out / "eval.json").read_text())
+    assert 0 <= ev["learned"]["top1"] <= 100 and 0 <= ev["random_init"]["top1"] <= 100
+    r = subprocess.run([sys.executable, "-m", "fastssl.eval", "knn", "--checkpoint", str(out), "--workers", "1"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=900)
+    assert r.returncode == 0, r.stderr
