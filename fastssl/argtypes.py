@@ -36,9 +36,13 @@ def ranged(kind, lo=None, hi=None, lo_open=False, hi_open=False):
 
     def check(text):
         v = _number(text, kind)
-        if lo is not None and (v < lo or (lo_open and v == lo)):
+        below = lo is not None and (v < lo or (lo_open and v == lo))
+        above = hi is not None and (v > hi or (hi_open and v == hi))
+        if lo is not None and hi is not None and (below or above):
+            raise argparse.ArgumentTypeError(f"must be in {left}, {right}, got {v}")
+        if below:
             raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo}, got {v}")
-        if hi is not None and (v > hi or (hi_open and v == hi)):
+        if above:
             raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi}, got {v}")
         return v
 

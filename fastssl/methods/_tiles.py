@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
+from fastssl.argtypes import positive_int, probability  # noqa: F401  (flag types of the tile methods)
 from fastssl.errors import ConfigError
 
 GRID = 3  # 3x3 cells, as in both papers
-
-
-def probability(text: str) -> float:
-    """argparse type: a float in [0, 1]."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def tile_size(cfg: dict) -> int:

@@ -17,7 +17,6 @@ fastssl run with the same ``--arch``), then ``python -m fastssl.train --method b
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastssl.argtypes import positive_int, ranged
 from fastssl.errors import ConfigError
 from fastssl.methods.base import Method, register
 from fastssl.methods.kmeans import assign, kmeans
@@ -33,20 +33,6 @@ from fastssl.viz import denormalize, save_grid
 
 HOW_TO_TEACHER = ("make one first, e.g. `python -m fastssl.train --method rotation --out runs/teacher` (any fastssl "
                   "run with the same --arch), then pass --teacher runs/teacher")
-
-
-def _vocab_size(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def teacher_path(teacher: str | None) -> Path:
@@ -103,12 +89,12 @@ class BoW(Method):
         g = parser.add_argument_group("bow")
         g.add_argument("--teacher", default=None,
                        help="run folder (or checkpoint) of a fastssl run: the frozen teacher")
-        g.add_argument("--vocab-size", type=_vocab_size, default=256, help="K, the number of visual words")
+        g.add_argument("--vocab-size", type=ranged(int, 2), default=256, help="K, the number of visual words")
         g.add_argument("--teacher-layer", type=int, choices=[2, 3, 4], default=3,
                        help="ResNet stage whose feature map gives the local features")
-        g.add_argument("--vocab-images", type=_positive_int, default=2000,
+        g.add_argument("--vocab-images", type=positive_int, default=2000,
                        help="training images whose teacher features the k-means vocabulary is fit on")
-        g.add_argument("--kmeans-iters", type=_positive_int, default=30, help="Lloyd iterations")
+        g.add_argument("--kmeans-iters", type=positive_int, default=30, help="Lloyd iterations")
         g.add_argument("--min-scale", type=float, default=0.35, help="smallest random-resized-crop area")
 
     @classmethod

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastssl.argtypes import positive_float
 from fastssl.color import ab_gamut_bins, annealed_mean, lab_to_rgb, rebalance_weights, rgb_to_lab, soft_encode
 from fastssl.methods.base import Method, backbone_kwargs, register
 from fastssl.methods.generative import image_decoder, positive_int, require_resnet, to_pixels
@@ -33,13 +34,6 @@ from fastssl.models import build_backbone
 from fastssl.viz import save_grid
 
 AB_GRID = 10  # the paper's grid size
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
 
 
 def _lam(text: str) -> float:
@@ -127,10 +121,10 @@ class Colorize(Method):
     def add_args(parser):
         g = parser.add_argument_group("colorize")
         g.add_argument("--soft-k", type=positive_int, default=5, help="nearest bins of the soft encoding")
-        g.add_argument("--soft-sigma", type=_positive, default=5.0, help="soft-encoding Gaussian sigma (ab units)")
+        g.add_argument("--soft-sigma", type=positive_float, default=5.0, help="soft-encoding Gaussian sigma (ab units)")
         g.add_argument("--rebalance-lambda", type=_lam, default=0.5,
                        help="mix of the smoothed bin distribution with the uniform (1: no rebalancing)")
-        g.add_argument("--anneal-t", type=_positive, default=0.38, help="annealed-mean temperature (pictures)")
+        g.add_argument("--anneal-t", type=positive_float, default=0.38, help="annealed-mean temperature (pictures)")
 
     @classmethod
     def check_config(cls, cfg):

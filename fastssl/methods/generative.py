@@ -3,37 +3,16 @@ pixel <-> normalized conversions on the device, and the decoder built on the bac
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
-from fastssl.data.recipes import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.argtypes import nonneg_float as non_negative  # noqa: F401  (flag types of the generative methods)
+from fastssl.argtypes import positive_int, ranged  # noqa: F401
+from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
 from fastssl.errors import ConfigError
 from fastssl.models.decoder import ConvDecoder, feature_stride
 
-
-def unit_interval(text: str) -> float:
-    """argparse type: a float in [0, 1)."""
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def non_negative(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+unit_interval = ranged(float, 0, 1, hi_open=True)  # [0, 1)
 
 
 def require_resnet(cfg: dict, method: str) -> None:

@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from fastssl.argtypes import positive_int
 from fastssl.errors import ConfigError
 from fastssl.methods.base import Method, backbone_kwargs, register
 from fastssl.models import build_backbone
@@ -29,13 +30,6 @@ def _mask_ratio(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1) (the fraction of patches removed), got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -63,7 +57,7 @@ class MAE(Method):
         g.add_argument("--mask-ratio", type=_mask_ratio, default=0.75, help="fraction of patches removed")
         g.add_argument("--norm-pix", action=argparse.BooleanOptionalAction, default=True,
                        help="targets are per-patch normalized pixels (the paper's norm_pix_loss)")
-        g.add_argument("--decoder-depth", type=_positive, default=2, help="decoder blocks (the paper: 8)")
+        g.add_argument("--decoder-depth", type=positive_int, default=2, help="decoder blocks (the paper: 8)")
         g.add_argument("--decoder-dim", type=_decoder_dim, default=128,
                        help=f"decoder width, a multiple of {DECODER_HEAD_DIM} (the paper: 512)")
 

@@ -52,7 +52,7 @@ def _flags(data, out, *extra):
     (["--batch-size", "1"], ["--batch-size 1", "at least 2"]),
     (["--lr", "-1"], ["--lr"]),
     (["--seed", "-3"], ["--seed"]),
-    (["--momentum", "1"], ["--momentum", "must be < 1"]),
+    (["--momentum", "1"], ["--momentum", "must be in [0, 1)"]),
     (["--arch", "resnet7"], ["--arch", "unknown arch 'resnet7'"]),
     (["--recipe-options", '{"hue_strength": 1}'], ["--recipe-options", "hue_strength"]),
     (["--recipe-options", "[1, 2]"], ["--recipe-options", "JSON object"]),
