@@ -48,13 +48,14 @@ def teacher_path(teacher: str | None) -> Path:
 
 
 def load_teacher_checkpoint(teacher: str | None) -> dict:
+    from fastssl import checkpoint as ckpt_io
+
     path = teacher_path(teacher)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001  (any unreadable file is the same user error)
-        raise ConfigError(f"--teacher {teacher}: {path} is not a readable fastssl checkpoint "
-                          f"({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt) or "method" not in ckpt["config"]:
+    try:  # opened safely: plain data only, nothing in a handed-over file runs (issue 8, kind 5)
+        ckpt = ckpt_io.load(path)
+    except ckpt_io.CheckpointError as e:
+        raise ConfigError(f"--teacher {teacher}: {e}") from None
+    if not {"model", "config"} <= set(ckpt) or not isinstance(ckpt["config"], dict) or "method" not in ckpt["config"]:
         raise ConfigError(f"--teacher {teacher}: {path} is not a fastssl training checkpoint (no model/config)")
     return ckpt
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -73,14 +74,31 @@ def test_missing_teacher_is_one_line_error_through_the_cli(tmp_path, tiny_data):
     assert not out.exists()
 
 
+class _Evil:
+    """Unpickling this would create a file (a stand-in for a shell command)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
 def test_bad_teachers(tmp_path, tiny_data):
     base = ["--method", "bow", "--data", str(tiny_data)]
     with pytest.raises(ConfigError, match="no checkpoint at"):
         parse_config([*base, "--teacher", str(tmp_path / "missing")])
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="not a readable fastssl checkpoint"):
+    with pytest.raises(ConfigError, match="not a torch.save file"):
         parse_config([*base, "--teacher", str(bad)])
+    # A crafted pickle (someone else's "teacher") must not run: refused before anything is built.
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "ran"
+    torch.save({"model": {}, "config": _Evil(marker)}, evil)
+    with pytest.raises(ConfigError, match="nothing in it ran"):
+        parse_config([*base, "--teacher", str(evil)])
+    assert not marker.exists()
     weights_only = tmp_path / "weights.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, weights_only)
     with pytest.raises(ConfigError, match="not a fastssl training checkpoint"):
@@ -111,7 +129,7 @@ def test_tiny_teacher_then_bow_run(tiny_data, tmp_path, fastssl_cache):
     assert len(losses) == 12 and all(np.isfinite(losses))
     assert (out / "viz" / "epoch_002.png").is_file() and (out / "eval.json").is_file()
     ck = torch.load(out / "last.pt", weights_only=False)["model"]
-    t = torch.load(teacher / "last.pt", weights_only=False)["model"]
+    t = torch.load(teacher / "last.pt", weights_only=True)["model"]
     for k, v in t.items():  # the teacher stayed frozen (weights and batch-norm statistics)
         if k.startswith("backbone."):
             assert torch.equal(ck["teacher." + k[len("backbone."):]], v), k
