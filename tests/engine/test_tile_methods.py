@@ -110,5 +110,5 @@ def test_tiny_run_through_the_cli(method, tiny_data, tmp_path):
     assert all(torch.isfinite(torch.tensor(x["loss"])) and 0 <= x["acc"] <= 1 for x in steps)
     assert (out / "viz" / "epoch_000.png").is_file() and (out / "viz" / "epoch_001.png").is_file()
     ev = json.loads((out / "eval.json").read_text())
-    assert set(ev) == {"learned", "random_init"} and 0 <= ev["learned"]["top1"] <= 100
+    assert {"learned", "random_init"} <= set(ev) and 0 <= ev["learned"]["top1"] <= 100
     assert "random init" in r.stdout
