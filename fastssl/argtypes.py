@@ -92,3 +92,12 @@ def json_object(text) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
     return value
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``fastssl.<cli>: error: <why> (see --help)``, exit 2
+    (argparse's default prints the whole usage block first; the CLIs promise one line)."""
+
+    def error(self, message: str):
+        prog = self.prog.removeprefix("python -m ")
+        self.exit(2, f"{prog}: error: {message} (see --help)\n")

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from fastssl import argtypes as at
+from fastssl.argtypes import OneLineErrorParser
 from fastssl.data import dataset_splits as data_splits  # (kept importable here under its old name)
 from fastssl.errors import DataError, FastSSLError, cli_warnings
 from fastssl.evaluation import (  # noqa: F401 (the names this module always offered)
@@ -40,7 +41,7 @@ load_backbone = backbone_from_checkpoint  # the old name (an exported backbone: 
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastssl.eval", description=__doc__,
+    p = OneLineErrorParser(prog="python -m fastssl.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocol", choices=["knn", "linear"])
     p.add_argument("--checkpoint", required=True,
@@ -79,6 +80,9 @@ def _export(backbone, cfg: dict, path: str) -> None:
 
     if cfg.get("exported"):
         raise DataError("--export: the --checkpoint is already an exported backbone")
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise DataError(f"--export {path}: {parent} is not a folder")
     save_backbone(backbone, path, cfg["arch"], backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"]),
                   image_size=cfg["image_size"], method=cfg["method"], mean=list(IMAGENET_MEAN),
                   std=list(IMAGENET_STD), data=cfg.get("data"))
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         except FastSSLError as e:
             print(f"fastssl.eval: error: {e}", file=sys.stderr)
             return 2
+        except OSError as e:  # e.g. --export into a folder that cannot be written
+            print(f"fastssl.eval: error: {e}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from fastssl import argtypes as at
+from fastssl.argtypes import OneLineErrorParser
 from fastssl.errors import ConfigError, FastSSLError, cli_warnings
 from fastssl.methods import METHODS
 from fastssl.models import ARCHS
@@ -40,7 +41,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def _base_parser(add_help: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastssl.train", description=__doc__, add_help=add_help,
+    p = OneLineErrorParser(prog="python -m fastssl.train", description=__doc__, add_help=add_help,
                                 formatter_class=_HelpFormatter)
     names = ", ".join(sorted(METHODS)) or "(none registered)"
     p.add_argument("--method", default=None, help=f"SSL method: {names}")

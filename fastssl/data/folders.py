@@ -178,15 +178,17 @@ def walk_images(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     exts = tuple(e.lower() for e in extensions)
     seen_dirs = set() if seen_dirs is None else seen_dirs
     out = []
+    top = True
     for dirpath, dirnames, names in os.walk(folder, followlinks=True):
         try:
             st = os.stat(dirpath)
         except OSError:
             dirnames[:] = []
             continue
-        if (st.st_dev, st.st_ino) in seen_dirs:
+        if (st.st_dev, st.st_ino) in seen_dirs and not top:  # the folder asked for is always walked
             dirnames[:] = []
             continue
+        top = False
         seen_dirs.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
         out += [os.path.join(dirpath, n) for n in sorted(names) if not _is_hidden(n) and n.lower().endswith(exts)]
@@ -228,7 +230,16 @@ class ImageFolderSource:
                             f"({len(classes)} classes: {', '.join(list(classes)[:5])}, ...)")
         index = {c: i for i, c in enumerate(classes)}
         files, labels = [], []
+        # A link inside a class folder that leads back to the split (or its parent, or another class
+        # folder) must not pull other classes' images in under this class's label: those folders are
+        # marked as seen before the walk, so only their own class walk reads them.
         seen_dirs: set = set()
+        for d in [folder, folder.parent, *(folder / c for c in found)]:
+            try:
+                st = os.stat(d)
+                seen_dirs.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass
         for cls in found:
             got = walk_images(folder / cls, extensions, seen_dirs)
             files += got

@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fastssl.argtypes import OneLineErrorParser
+
 AUTO_VERIFY_MAX = 20_000
 _FORMAT = "fastssl-verify"
 _VERSION = 1
@@ -179,7 +181,7 @@ def _workers(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastssl.data.verify", description=__doc__,
+    p = OneLineErrorParser(prog="python -m fastssl.data.verify", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset root (train/ [+ val/] of class folders, or class folders)")
     p.add_argument("--workers", type=_workers, default=min(32, os.cpu_count() or 1), help="decoding threads")

@@ -28,6 +28,7 @@ from torch import nn
 
 from fastssl.argtypes import positive_float
 from fastssl.color import ab_gamut_bins, annealed_mean, lab_to_rgb, rebalance_weights, rgb_to_lab, soft_encode
+from fastssl.errors import ConfigError
 from fastssl.methods.base import Method, backbone_kwargs, register
 from fastssl.methods.generative import image_decoder, positive_int, require_resnet, to_pixels
 from fastssl.models import build_backbone
@@ -129,6 +130,9 @@ class Colorize(Method):
     @classmethod
     def check_config(cls, cfg):
         require_resnet(cfg, "colorize")
+        q = ab_gamut_bins(AB_GRID).shape[0]
+        if cfg["soft_k"] > q:
+            raise ConfigError(f"--soft-k {cfg['soft_k']} exceeds the {q} in-gamut ab bins")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -190,3 +190,17 @@ def test_file_list_line_twice_is_an_error(tmp_path):
     (tmp_path / "list.txt").write_text("cat/0.JPEG 0\ndog/1.JPEG 1\n./cat/0.JPEG 0\n")
     with pytest.raises(DataError, match=r"list.txt:3: ./cat/0.JPEG is already listed on line 1"):
         ImageFolderSource.from_file_list(tmp_path, "list.txt")
+
+
+def test_a_link_back_to_the_split_does_not_relabel_another_class(tmp_path):
+    # c0/loop -> the split itself: walking it would list c1's images under c0's label (found by a
+    # new-user probe). Each class's images must keep their own class's label.
+    for c in ("c0", "c1"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.jpg")
+    (tmp_path / "c0" / "loop").symlink_to(tmp_path)
+    src = ImageFolderSource(tmp_path, validate=False)
+    by_label = {lab: sorted(Path(f).parent.name for f, lb in zip(src.files, src.labels) if lb == lab)
+                for lab in (0, 1)}
+    assert by_label == {0: ["c0"] * 3, 1: ["c1"] * 3}

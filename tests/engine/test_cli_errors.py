@@ -196,3 +196,16 @@ def test_corrupt_jpeg_body_stops_the_run_naming_it(small, tmp_path):
     r = _cmd("fastssl.train", _flags(bad, out), env={"FASTSSL_CACHE": str(tmp_path / "cache")})
     assert_one_line_error(r, 1, "fastssl.train", str(victim), "corrupt JPEG data", "--on-bad skip")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("module,args", [
+    ("fastssl.train", ["--epochs", "0"]),
+    ("fastssl.train", ["--method", "colorize", "--soft-k", "10000"]),
+    ("fastssl.eval", ["knn", "--checkpoint", "x", "--k", "0"]),
+    ("fastssl.data.verify", ["--no-such-flag"]),
+])
+def test_parser_errors_are_one_line_without_the_usage_block(module, args):
+    r = _cmd(module, args)
+    lines = [x for x in r.stderr.strip().splitlines() if not x.startswith("W1")]  # torch's CUDA_HOME notice
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(f"{module}: error: "), lines
