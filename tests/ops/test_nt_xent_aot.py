@@ -146,6 +146,7 @@ def test_nt_xent_kernels_compile_without_spills():
 
 
 @pytest.mark.slow
+@pytest.mark.aot_full  # opt-in (pyproject addopts): too long for CI's budget; not yet run to completion
 def test_all_kernels_compile_without_spills():
     """Every kernel and variant (normalize on/off, exclude_self, dq/dk, rnorm), fp16/bf16 at D up to 512,
     fp32 up to 128, sm80/86/89/90 (about 10 minutes on 2 cores)."""
