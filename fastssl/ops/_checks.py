@@ -28,6 +28,18 @@ def check_ids(name: str, ids, ref: torch.Tensor, batch: int) -> None:
         raise ValueError(f"{name} is on {ids.device} but the data is on {ref.device}")
 
 
+def check_id_range(name: str, ids: torch.Tensor, upper: int) -> None:
+    """ValueError when an index of CPU ``ids`` is outside [0, upper). CUDA ids are not read on the
+    host (that would be a sync per call; the kernels index with them as given), nor while
+    torch.compile traces (no data then)."""
+    if ids.device.type != "cpu" or torch.compiler.is_compiling() or ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= upper:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} holds the index {bad}, outside [0, {upper}) (the number of patches)")
+
+
 def check_same(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor, dtype: bool = True) -> None:
     if a.device != b.device:
         raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}")

@@ -11,8 +11,9 @@ quarter of that and never writes a patchified copy of the image.
 Args: ``images`` [B, C, H, W] float (NCHW or channels_last / any strides); ``weight`` [D, C, p, p];
 ``bias`` [D] or None; ``pos_embed`` [L, D] or [1, L, D] (patch tokens only: pass ``pos[:, 1:]`` when
 index 0 is the cls token) or None; ``patch_size`` p dividing H and W; ``ids_keep`` int64 [B, L_keep]
-with values in [0, L) (not range-checked: no host sync). images, weight, bias, pos_embed share a
-dtype and device (under ``torch.autocast`` all four are cast to the autocast dtype, as Conv2d is).
+with values in [0, L) (checked on CPU; CUDA ids are not read on the host: no sync). images, weight,
+bias, pos_embed share a dtype and device (under ``torch.autocast`` all four are cast to the autocast
+dtype, as Conv2d is).
 
 Gradients: weight, bias, pos_embed and images (each only when it requires grad). The backward is
 torch ops on any device: the kept patches are gathered again (L_keep/L of the image) for one matmul
@@ -39,7 +40,15 @@ except ImportError:  # pragma: no cover
     triton = None
 
 from fastssl.ops._backend import choose_backend
-from fastssl.ops._checks import autocast_dtype, check_ids, check_patch, check_same, check_tensor, patch_view
+from fastssl.ops._checks import (
+    autocast_dtype,
+    check_id_range,
+    check_ids,
+    check_patch,
+    check_same,
+    check_tensor,
+    patch_view,
+)
 
 BACKENDS = {"masked_patch_embed": {"cpu": "native: gather kept patches + addmm",
                                    "cuda": "triton: implicit-GEMM over the kept patches"}}
@@ -157,7 +166,7 @@ def masked_patch_embed(images: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
     Raises ValueError for: non-4-D or non-float images, patch_size not dividing H or W, a weight
     that is not [D, C, p, p], a bias not [D], a pos_embed not [L, D] / [1, L, D], ids_keep not int64
-    [B, L_keep], mixed devices or dtypes (outside autocast).
+    [B, L_keep] or (CPU) holding an index outside [0, L), mixed devices or dtypes (outside autocast).
     """
     check_tensor("images", images, dim=4)
     gh, gw = check_patch(images, patch_size)
@@ -189,4 +198,5 @@ def masked_patch_embed(images: torch.Tensor, weight: torch.Tensor, bias: torch.T
     check_ids("ids_keep", ids_keep, images, images.shape[0])
     if ids_keep.shape[1] > gh * gw:
         raise ValueError(f"ids_keep keeps {ids_keep.shape[1]} patches of {gh * gw}")
+    check_id_range("ids_keep", ids_keep, gh * gw)
     return torch.ops.fastssl.masked_patch_embed(images, weight, bias, pos_embed, patch_size, ids_keep)

@@ -11,7 +11,8 @@ recomputes it and writes the gradient of the masked patches' predictions (zeros 
 
 Args: ``pred`` [B, L, p*p*C] float (any float dtype; e.g. bf16 from an autocast decoder); ``images``
 [B, C, H, W] float, any strides, L = (H/p)(W/p); ``mask`` [B, L] float or bool weights (1 = masked:
-in the loss); ``patch_size`` p dividing H and W. Gradient: pred only (the target is data; images and
+in the loss; any weight >= 0 is allowed, e.g. 2 counts a patch twice; negative weights are refused
+on CPU); ``patch_size`` p dividing H and W. Gradient: pred only (the target is data; images and
 mask get none). Nothing masked (sum of mask = 0) gives 0 with zero gradient (the original divides 0
 by 0: NaN).
 
@@ -203,7 +204,7 @@ def masked_patch_mse(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tenso
     """MSE over the masked patches against the image's (normalized) pixels (see the module docstring).
 
     Raises ValueError for: patch_size not dividing H or W, pred not [B, L, p*p*C] for the image's
-    grid, mask not [B, L], non-float pred/images, mixed devices, norm_pix with a 1-pixel patch.
+    grid, mask not [B, L] or (CPU) negative, non-float pred/images, mixed devices, norm_pix with a 1-pixel patch.
     """
     check_tensor("pred", pred, dim=3)
     check_tensor("images", images, dim=4)
@@ -220,6 +221,8 @@ def masked_patch_mse(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tenso
     check_same("pred", pred, "mask", mask, dtype=False)
     if mask.dtype == torch.bool or not mask.is_floating_point():
         mask = mask.float()
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool((mask < 0).any()):
+        raise ValueError("mask holds negative weights (1 = masked and in the loss, 0 = visible)")
     if norm_pix and npix < 2:
         raise ValueError("norm_pix needs at least 2 values per patch (the unbiased variance)")
     return torch.ops.fastssl.masked_patch_mse(pred, images, mask.contiguous(), patch_size, bool(norm_pix))

@@ -9,7 +9,8 @@ position embedding in another pass; here nothing but the output is written.
 
 Args: ``x_visible`` [B, K, D] float; ``mask_token`` [D], [1, D] or [1, 1, D]; ``ids_restore`` int64
 [B, L] from :func:`fastssl.ops.random_masking` (each sample's values a permutation of [0, L), K of
-them < K; not checked: no host sync); ``pos_embed`` [L, D] or [1, L, D] (patch rows only) or None.
+them < K; on CPU every value is checked to be in [0, L); CUDA ids are not read on
+the host: no sync); ``pos_embed`` [L, D] or [1, L, D] (patch rows only) or None.
 One dtype and device for the float inputs (under ``torch.autocast`` mask_token and pos_embed are cast
 to x_visible's dtype). Gradients: x_visible (the kept rows of dout, scattered back: unique targets),
 mask_token (dout summed over the masked positions of every sample, fp32 accumulation, fixed order:
@@ -32,7 +33,7 @@ except ImportError:  # pragma: no cover
     triton = None
 
 from fastssl.ops._backend import choose_backend
-from fastssl.ops._checks import autocast_dtype, check_ids, check_same, check_tensor
+from fastssl.ops._checks import autocast_dtype, check_id_range, check_ids, check_same, check_tensor
 
 BACKENDS = {"unshuffle": {"cpu": "native: gather + where", "cuda": "triton: one-pass fwd / scatter bwd"}}
 
@@ -172,7 +173,7 @@ def unshuffle(x_visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: to
     """[B, K, D] visible tokens -> [B, L, D] in position order with mask tokens (see module doc).
 
     Raises ValueError for wrong ranks/shapes (mask_token not D wide, pos_embed not [L, D], K > L),
-    non-int64 ids_restore, or mixed devices / dtypes (outside autocast).
+    non-int64 ids_restore, an id outside [0, L) (CPU), or mixed devices / dtypes (outside autocast).
     """
     check_tensor("x_visible", x_visible, dim=3)
     b, k, d = x_visible.shape
@@ -184,6 +185,7 @@ def unshuffle(x_visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: to
     n = ids_restore.shape[1]
     if k > n:
         raise ValueError(f"x_visible has {k} tokens but ids_restore only {n} positions")
+    check_id_range("ids_restore", ids_restore, n)
     cast = x_visible.dtype if autocast_dtype(x_visible.device) is not None else None
     if cast is not None:
         mask_token = mask_token.to(cast)

@@ -106,6 +106,11 @@ def test_bad_input():
         masked_patch_embed(images, weight, bias, pos, 8, ids[:1])
     with pytest.raises(ValueError, match="on meta"):
         masked_patch_embed(images, weight.to("meta"), bias, pos, 8, ids)
+    for bad in (4, -2):  # a 16x16 image in 8 px patches has 4
+        wrong = ids.clone()
+        wrong[0, 0] = bad
+        with pytest.raises(ValueError, match=rf"ids_keep holds the index {bad}, outside \[0, 4\)"):
+            masked_patch_embed(images, weight, bias, pos, 8, wrong)
 
 
 def test_opcheck_and_compile():

@@ -109,6 +109,19 @@ def test_bad_input():
         masked_patch_mse(pred, images, mask.to("meta"), 8)
     with pytest.raises(ValueError, match="at least 2 values"):
         masked_patch_mse(torch.randn(1, 4, 1), torch.randn(1, 1, 2, 2), torch.ones(1, 4), 1)
+    with pytest.raises(ValueError, match="negative weights"):
+        masked_patch_mse(pred, images, -mask, 8)
+
+
+def test_mask_is_a_weight():
+    # A weight of 2 counts a patch twice: the same as that patch listed twice in the average.
+    pred, images, mask = _inputs(2, 3, 16, 16, 8, 0.5)
+    pred, images = pred.float(), images.float()
+    w = mask.clone()
+    w[0] *= 2
+    ref = masked_patch_mse_ref(pred.double(), images.double(), w.double(), 8)
+    out = masked_patch_mse(pred, images, w, 8)
+    assert float(ref) > 0.1 and abs(float(out) - float(ref)) <= 1e-5 * float(ref)
 
 
 def test_opcheck_and_compile():

@@ -89,6 +89,12 @@ def test_bad_input():
         unshuffle(x[0], mt, ids, pos)
     with pytest.raises(ValueError, match="on meta"):
         unshuffle(x, mt, ids.to("meta"), pos)
+    # Out-of-range ids would be clamped (native) or read out of bounds (kernel): refused on CPU.
+    for bad in (16, -1):
+        wrong = ids.clone()
+        wrong[1, 3] = bad
+        with pytest.raises(ValueError, match=rf"ids_restore holds the index {bad}, outside \[0, 16\)"):
+            unshuffle(x, mt, wrong, pos)
 
 
 def test_opcheck_and_compile():
