@@ -10,8 +10,13 @@ Classes (12, class = shape family, never colour): circle, square, triangle, star
 arrow, frame (hollow square), bars (two parallel bars), stripes, checker. Each image draws its
 foreground and background colours independently and uniformly (with a minimum contrast), a random
 background gradient, position, scale, rotation and pixel noise, so colour, brightness and position
-carry no class information: a representation must encode shape to separate the classes, and SimCLR's
-crop + colour jitter make every nuisance cue differ between the two views of an image. The images are
+carry no class information. Like photographs, the images have an "up": shapes are drawn upright (their
+canonical pose, rotated at most ``TILT`` = 25 degrees either way; stripes and checkers run within 25
+degrees of vertical) and the background is lit from above (the gradient brightens within 45 degrees
+of straight up), so orientation-based pretext tasks (rotation) have a signal to learn, as they do on
+ImageNet (v1 rotated shapes and light uniformly, which made rotation prediction unlearnable). A
+representation must encode shape to separate the classes, and SimCLR's crop + colour jitter make every
+nuisance cue differ between the two views of an image. The images are
 64x64 by default (``size``), deterministic from ``seed`` (each image has its own
 ``numpy.random.default_rng([seed, split, index])``) and JPEG quality 90.
 """
@@ -32,11 +37,13 @@ from PIL import Image, ImageDraw
 
 from .. import _ext
 
-VERSION = "v1"
+VERSION = "v2"  # v2: upright shapes and light from above (v1 rotated both uniformly)
 CLASSES = ("circle", "square", "triangle", "star", "plus", "ring", "crescent", "arrow", "frame", "bars",
            "stripes", "checker")
 _MARKER = "COMPLETE.json"
 _SS = 2  # supersampling factor for anti-aliased edges
+TILT = math.radians(25)  # the largest rotation of a shape away from its upright pose
+LIGHT = math.radians(45)  # the largest angle of the light (gradient) direction away from straight up
 
 
 def _poly(draw, pts, cx, cy, r, th, fill=255):
@@ -61,7 +68,7 @@ def _shape_mask(cls: str, rng: np.random.Generator, size: int) -> np.ndarray:
     d = ImageDraw.Draw(img)
     if cls in ("stripes", "checker"):
         period = rng.uniform(0.1, 0.22) * n
-        th = rng.uniform(0, math.pi)
+        th = rng.uniform(-TILT, TILT)
         yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
         u = (xx * math.cos(th) + yy * math.sin(th)) / period + rng.uniform(0, 1)
         m = (u % 1.0) < 0.5
@@ -73,7 +80,8 @@ def _shape_mask(cls: str, rng: np.random.Generator, size: int) -> np.ndarray:
         r = rng.uniform(0.22, 0.4) * n
         margin = 0.75 * r
         cx, cy = rng.uniform(margin, n - margin, size=2)
-        th = rng.uniform(0, 2 * math.pi)
+        # Upright pose: triangle / star / arrow tips point up, the crescent opens upwards.
+        th = rng.uniform(-TILT, TILT) - math.pi / 2
         if cls == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
         elif cls == "square":
@@ -124,7 +132,7 @@ def render(cls_index: int, rng: np.random.Generator, size: int = 64) -> np.ndarr
     mask = _shape_mask(CLASSES[cls_index], rng, size)[..., None]
     fg, bg = _colours(rng)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
-    g = rng.uniform(0, 2 * math.pi)
+    g = -math.pi / 2 + rng.uniform(-LIGHT, LIGHT)  # image y grows downwards: -pi/2 brightens the top
     grad = (xx * math.cos(g) + yy * math.sin(g))[..., None] * rng.uniform(0, 80, size=3).astype(np.float32)
     img = bg + grad + mask * (fg - bg - grad)  # foreground flat, background with gradient
     img += rng.normal(0, rng.uniform(2, 12), size=img.shape).astype(np.float32)
