@@ -4,6 +4,7 @@
     python -m fastssl.eval linear --checkpoint RUN_OR_CKPT [--data ROOT] [--epochs 100]
     python -m fastssl.eval knn    --checkpoint RUN --export backbone.safetensors   # backbone + metadata
     python -m fastssl.eval knn    --checkpoint backbone.safetensors --data ROOT    # an exported backbone
+    python -m fastssl.eval linear --checkpoint RUN --random-init   # the baseline: the run's network at init
 
 Features are extracted once per split with the ``eval`` recipe (resize + center crop, no shuffling);
 val labels use the train split's class-to-index map. kNN: cosine similarity, the k nearest training
@@ -56,21 +57,27 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=at.device, default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--on-bad", default="error", choices=["error", "skip"],
                    help="bad image files: stop with their paths, or leave them out with a warning")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate the run's network at the initialization it started from (same arch and "
+                   "seed, weights not loaded): the baseline for the learned numbers")
     p.add_argument("--export", default=None,
                    help="also write the backbone with its metadata (arch, width, stem/patch, image size) as "
                    "safetensors; rebuild it with fastssl.models.load_backbone(path)")
     return p
 
 
-def _load(path: str) -> tuple[torch.nn.Module, dict]:
+def _load(path: str, random_init: bool = False) -> tuple[torch.nn.Module, dict]:
     """(backbone, run config-like dict) from a run folder, a training checkpoint or an exported backbone."""
     if str(path).endswith(".safetensors"):
+        if random_init:
+            raise DataError("--random-init needs a run folder or training checkpoint (its config and seed), "
+                            "not an exported backbone")
         from fastssl.models import load_backbone
 
         model, meta = load_backbone(path)
         return model, {"arch": meta["arch"], "image_size": meta.get("image_size"), "data": meta.get("data"),
                        "exported": True}
-    return backbone_from_checkpoint(path)
+    return backbone_from_checkpoint(path, random_init=random_init)
 
 
 def _export(backbone, cfg: dict, path: str) -> None:
@@ -92,7 +99,9 @@ def _export(backbone, cfg: dict, path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastssl.data import demo_root
 
-    backbone, cfg = _load(args.checkpoint)
+    if args.random_init and args.export:
+        raise DataError("--export with --random-init would export untrained weights; drop one of them")
+    backbone, cfg = _load(args.checkpoint, args.random_init)
     if not cfg.get("image_size"):
         raise DataError(f"{args.checkpoint}: no image_size recorded")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -116,9 +125,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         res = linear_probe(tr_f, tr_y, va_f, va_y, epochs=args.epochs, lr=args.lr, num_classes=n_cls)
         params = {"epochs": args.epochs, "lr": args.lr}
-    print(f"{args.protocol}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+    which = " (random init)" if args.random_init else ""
+    print(f"{args.protocol}{which}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"({len(va_y)} val images, {n_cls} classes)")
-    print(json.dumps({"protocol": args.protocol, **res, **params, "train_images": len(tr_y),
+    print(json.dumps({"protocol": args.protocol, **res, **params, "random_init": args.random_init,
+                      "train_images": len(tr_y),
                       "val_images": len(va_y), "classes": n_cls}))
     return 0
 

@@ -111,8 +111,12 @@ def linear_probe(train_f, train_y, val_f, val_y, epochs: int = 100, lr: float = 
 TRAINING_CHECKPOINT_KEYS = ("model", "config")
 
 
-def backbone_from_checkpoint(checkpoint: str | os.PathLike) -> tuple[nn.Module, dict]:
+def backbone_from_checkpoint(checkpoint: str | os.PathLike, random_init: bool = False) -> tuple[nn.Module, dict]:
     """The backbone of a training checkpoint (a run folder means its ``last.pt``) and the run's config.
+
+    ``random_init=True``: the same network at the initialization the run started from (the trainer's
+    seed, ``torch.manual_seed(cfg["seed"])`` before building), the baseline the learned weights are
+    compared with; the checkpoint's weights are not loaded.
 
     Opened safely (``fastssl.checkpoint.load``: plain data only, nothing in the file runs). Raises
     ``fastssl.checkpoint.CheckpointError`` (one line, naming the file) if it is missing, unsafe, not a
@@ -131,8 +135,11 @@ def backbone_from_checkpoint(checkpoint: str | os.PathLike) -> tuple[nn.Module, 
         raise ckpt_io.CheckpointError(f"{path}: its config names method {named!r}, not one of "
                                       f"{', '.join(sorted(METHODS))}")
     try:
+        if random_init:
+            torch.manual_seed(cfg["seed"])  # as fastssl.trainer._build_model
         method = build_method(cfg["method"], cfg)
-        method.load_state_dict(ckpt["model"])
+        if not random_init:
+            method.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ckpt_io.CheckpointError(f"{path}: its weights do not fit the network its config describes: "
                                       f"{' '.join(str(e).split())[:300]}") from None

@@ -52,3 +52,31 @@ def test_load_backbone_refuses_what_it_cannot_rebuild(tmp_path):
               metadata={"format": "fastssl-backbone", "arch": "resnet18", "kwargs": '{"width": 8}'})
     with pytest.raises(DataError, match="do not fit resnet18"):
         load_backbone(tmp_path / "wrong.safetensors")
+
+
+def test_random_init_baseline_is_the_runs_starting_network(tiny_args, tmp_path):
+    """`eval --random-init` evaluates the network the run started from: its kNN equals the random-init kNN
+    the trainer itself computed (eval.json), and differs from the learned one; through the real CLI."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def cli(mod, *args):
+        r = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": "2"})
+        assert r.returncode == 0, r.stderr
+        return r
+
+    run = tmp_path / "run"
+    cli("fastssl.train", *tiny_args(run, "--epochs", "1"))
+    saved = json.loads((run / "eval.json").read_text())
+    rand = json.loads(cli("fastssl.eval", "knn", "--checkpoint", str(run), "--random-init", "--workers", "1")
+                      .stdout.splitlines()[-1])
+    learned = json.loads(cli("fastssl.eval", "knn", "--checkpoint", str(run), "--workers", "1").stdout.splitlines()[-1])
+    assert rand["random_init"] is True and learned["random_init"] is False
+    assert rand["top1"] == pytest.approx(saved["random_init"]["top1"], abs=1e-9)
+    assert learned["top1"] == pytest.approx(saved["learned"]["top1"], abs=1e-9)
+    r = subprocess.run([sys.executable, "-m", "fastssl.eval", "knn", "--checkpoint", str(run), "--random-init",
+                        "--export", str(tmp_path / "b.safetensors")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--random-init" in r.stderr
