@@ -42,9 +42,20 @@ def _build_key(sources: list[Path], flags: list[str], torch_version: str) -> str
 
 
 def _jit_build():
+    import logging
+
     import torch
     from filelock import FileLock
-    from torch.utils import cpp_extension
+
+    # Importing cpp_extension on a machine without a GPU logs "No CUDA runtime is found, using
+    # CUDA_HOME=..." (expected here: we compile CUDA sources we cannot run); keep it off the user's screen.
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_log.setLevel(level)
 
     home = cfg.cuda_home()
     if home:
@@ -67,7 +78,15 @@ def _jit_build():
     name = f"fastssl_C_{key}"
     build_dir = cache_dir() / "ext" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(build_dir) + ".lock"):
+    lock = FileLock(str(build_dir) + ".lock")
+    try:
+        lock.acquire(timeout=2)
+    except TimeoutError:  # filelock.Timeout subclasses TimeoutError
+        # Another process (a torchrun rank, a parallel test) is building it: say so instead of hanging silently.
+        print(f"fastssl: waiting for another process to finish building the extension in {build_dir} "
+              f"(lock {lock.lock_file})...", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
         if not (build_dir / f"{name}.so").exists():
             what = "C++ and CUDA" if with_cuda else f"C++ only ({why})"
             print(f"fastssl: compiling the extension fastssl._C ({what}) into {build_dir}; "
@@ -93,6 +112,8 @@ def _jit_build():
             ) from e
         if time.time() - t0 > 5:
             print(f"fastssl: extension built in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        lock.release()
     return mod
 
 
