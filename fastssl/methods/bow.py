@@ -82,7 +82,7 @@ def bow_histogram(words: torch.Tensor, k: int) -> torch.Tensor:
 @register("bow")
 class BoW(Method):
     recipe = "simclr"
-    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=1, optimizer="adamw",
+    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=12, optimizer="adamw",
                     lr=2e-3, weight_decay=0.05, warmup_epochs=0.1)
 
     @staticmethod

@@ -32,7 +32,7 @@ from fastssl.viz import denormalize, save_grid
 class Denoise(Method):
     recipe = "crop"
     # Demo defaults (a 2-core CPU): see README "denoise, inpaint, colorize, bow on the demo data".
-    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=1, optimizer="adamw",
+    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=12, optimizer="adamw",
                     lr=2e-3, weight_decay=0.05, warmup_epochs=0.1)
 
     @staticmethod
