@@ -149,6 +149,9 @@ def parse_config(argv: list[str] | None = None) -> dict:
     if cfg["method"] is None:
         raise ConfigError(f"choose a method with --method ({', '.join(sorted(METHODS))})")
     METHODS[cfg["method"]].check_config(cfg)
+    if cfg["warmup_epochs"] > cfg["epochs"]:
+        raise ConfigError(f"--warmup-epochs {cfg['warmup_epochs']:g} is longer than --epochs {cfg['epochs']}: "
+                          "the learning rate would never reach its peak; lower --warmup-epochs")
     _check_recipe_options(cfg)
     if cfg["data"] is not None:
         cfg["data"] = str(Path(cfg["data"]).expanduser().resolve())

@@ -68,6 +68,8 @@ class Recipe:
     def options(self, overrides: dict | None) -> dict:
         opts = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **self.defaults}
         overrides = dict(overrides or {})
+        for k, v in overrides.items():
+            _check_option(self.name, k, v)
         if "jitter" in overrides and "jitter" not in self.defaults:
             raise ValueError(f"recipe {self.name!r} has no option 'jitter'")
         if "jitter" in overrides:  # shorthand for brightness = contrast = saturation
@@ -79,6 +81,45 @@ class Recipe:
                              f"known: {sorted(opts)}")
         opts.update(overrides)
         return opts
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _pair(v) -> bool:
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(x) for x in v)
+
+
+# What each option accepts: (test, wording). Per-view options (blur_p, solarize_p) take a number or a
+# pair (one per view).
+_PROB = (lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]")
+_PROB_VIEWS = (lambda v: (_number(v) and 0 <= v <= 1) or (_pair(v) and all(0 <= x <= 1 for x in v)),
+               "a probability in [0, 1] or a pair of them (one per view)")
+_OPTION_RULES = {
+    "flip_p": _PROB, "jitter_p": _PROB, "gray_p": _PROB, "blur_p": _PROB_VIEWS, "solarize_p": _PROB_VIEWS,
+    "brightness": (lambda v: _number(v) and v >= 0, "a strength >= 0"),
+    "contrast": (lambda v: _number(v) and v >= 0, "a strength >= 0"),
+    "saturation": (lambda v: _number(v) and v >= 0, "a strength >= 0"),
+    "jitter": (lambda v: _number(v) and v >= 0, "a strength >= 0"),
+    "hue": (lambda v: _number(v) and 0 <= v <= 0.5, "a fraction of the colour wheel in [0, 0.5]"),
+    "scale": (lambda v: _pair(v) and 0 < v[0] <= v[1] <= 1, "a pair 0 < min <= max <= 1 (crop area fractions)"),
+    "ratio": (lambda v: _pair(v) and 0 < v[0] <= v[1], "a pair 0 < min <= max (aspect ratios)"),
+    "blur_sigma": (lambda v: _pair(v) and 0 < v[0] <= v[1], "a pair 0 < min <= max (pixels at 224 px)"),
+    "crop_ratio": (lambda v: _number(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+    "resize": (lambda v: _number(v) and v >= 1, "a factor >= 1 (the crop must fit in the resized image)"),
+    "mean": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(_number(x) for x in v),
+             "3 numbers (R, G, B in 0..1 units)"),
+    "std": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(_number(x) and x > 0 for x in v),
+            "3 positive numbers (R, G, B in 0..1 units)"),
+}
+
+
+def _check_option(recipe: str, name: str, value) -> None:
+    """ValueError (one line, naming the option and what it accepts) for a value the graph cannot use."""
+    rule = _OPTION_RULES.get(name)
+    if rule is not None and not rule[0](value):
+        raise ValueError(f"recipe {recipe!r} option {name}={value!r}: expected {rule[1]}")
 
 
 # ----------------------------------------------------------------------------- building blocks
