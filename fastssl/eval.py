@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     train_src, val_src = data_splits(root, on_bad=args.on_bad)
     if val_src is None:
         raise DataError(f"--data {root} has no val/ split to evaluate on (expected {root}/train and {root}/val)")
+    if args.protocol == "knn" and args.k > len(train_src):
+        raise DataError(f"--k {args.k} is larger than the {len(train_src)} training images of {root}")
     kw = dict(image_size=cfg["image_size"], device=device, batch_size=args.batch_size, num_threads=args.workers)
     print(f"extracting features: {len(train_src)} train, {len(val_src)} val images ...", file=sys.stderr)
     tr_f, tr_y = extract_features(backbone, train_src, **kw)

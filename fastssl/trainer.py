@@ -290,8 +290,11 @@ class Trainer:
             self.progress.close()
             sps, ips = self.progress.rates(self.state["global_step"])
             if self.d.is_main:
-                print(f"fastssl.train: done, {self.state['global_step']} steps, {ips:.0f} img/s "
-                      f"({sps:.2f} step/s) this session; checkpoint {self.out / 'last.pt'}", file=sys.stderr)
+                gs = self.state["global_step"]
+                here = gs - self.progress.start_step
+                print(f"fastssl.train: done at global step {gs}"
+                      f"{f' ({here} this session)' if here != gs else ''}, {ips:.0f} img/s ({sps:.2f} step/s) "
+                      f"this session; checkpoint {self.out / 'last.pt'}", file=sys.stderr)
                 if self.cfg["eval"] == "knn":
                     _final_knn(self.cfg, self.method, self.train_src, self.val_src, self.d.device, self.out,
                                self.logger, self.state["global_step"])

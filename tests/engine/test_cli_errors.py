@@ -167,6 +167,7 @@ def test_a_crafted_checkpoint_runs_nothing(small, tmp_path):
     (["knn", "--checkpoint", "RUN", "--temperature", "0"], ["--temperature", "must be > 0"]),
     (["knn", "--checkpoint", "RUN", "--data", "TRAIN_ONLY"], ["no val/ split"]),
     (["knn", "--checkpoint", "NOT_A_CKPT"], ["cannot read checkpoint"]),
+    (["knn", "--checkpoint", "RUN", "--k", "100000"], ["--k 100000 is larger than the", "training images"]),
 ])
 def test_eval_errors(args, needles, small, tmp_path):
     data, run = small

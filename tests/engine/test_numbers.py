@@ -102,7 +102,7 @@ def test_progress_lines_and_summary(run):
         assert f"{BATCH / STEP_S:.0f} img/s" in line and "2.00s/step" in line
         elapsed, left = step * STEP_S, (12 - step) * STEP_S
         assert f"[00:{elapsed:02.0f}<00:{left:02.0f}," in line, line
-    assert "done, 12 steps, 8 img/s (0.50 step/s)" in run["stderr"]
+    assert "done at global step 12, 8 img/s (0.50 step/s)" in run["stderr"]
 
 
 def _features(run, backbone, src):

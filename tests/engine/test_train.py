@@ -67,6 +67,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_args, tmp_path):
     rc = _run(tiny_args(b, "--eval", "none", "--ckpt-every", "4", "--resume", "auto"))
     assert rc.returncode == 0, rc.stderr
     assert "resumed from" in rc.stderr
+    assert "done at global step 12 (4 this session)" in rc.stderr  # 12 steps in all, 8 were done before
     wa, wb = _model(a / "last.pt"), _model(b / "last.pt")
     assert wa.keys() == wb.keys()
     for k in wa:
