@@ -52,14 +52,23 @@ Numerics contract (what tests/ops/test_nt_xent.py enforces):
 - deterministic: no atomics, fixed reduction order: same inputs on the same device -> the same bits
   for the loss and the gradients.
 
+Split-K (Triton): when the row blocks are fewer than the device's SMs (small batches), the key range
+is split across a second grid axis and the partial (max, sum-exp) / gradient sums are combined in
+split order by a small kernel (no atomics: still bitwise reproducible on a given device); see
+``key_splits``.
+
 Distributed (``gather=True`` with an initialized process group of world size W > 1): every rank
-scores its local 2n rows [z1_r; z2_r] against all ranks' rows (gathered with
-``all_gather_with_grad``; the backward reduce-scatters the keys' gradients to their owners) and
-returns its LOCAL contribution: the mean over its own 2n rows of the loss against the global batch
-of 2nW views. So mean_r(loss_r) equals the single-process loss over the global batch, and rank r's
-gradient is d(sum_r loss_r)/dz_r = W * dL_global/dz_r: after DDP's gradient averaging (1/W) the
-parameters receive exactly the single-process global gradient. Every rank must use the same local
-batch size and call backward. Without a process group (or W = 1) gather=True is gather=False.
+scores its local 2n rows [z1_r; z2_r] against all ranks' rows (all-gathered) and returns its LOCAL
+contribution: the mean over its own 2n rows of the loss against the global batch of 2nW views. The
+forward also all-gathers the per-row lse (2nW floats); the backward then computes each rank's own
+rows' complete gradient in one pass over (local rows x all rows) tiles (``_GatheredNtXent``: the
+similarity is symmetric, so the keys' side of the gradient is P_ji = exp(s_ij - lse_j)), and only
+all-gathers the W upstream gradients: no dk pass and no [2nW, D] reduce-scatter
+(``GATHER_BACKWARD = "reduce_scatter"`` selects the previous path, kept for comparison). So
+mean_r(loss_r) equals the single-process loss over the global batch, and rank r's gradient is
+d(sum_r loss_r)/dz_r = W * dL_global/dz_r: after DDP's gradient averaging (1/W) the parameters
+receive exactly the single-process global gradient. Every rank must use the same local batch size
+and call backward. Without a process group (or W = 1) gather=True is gather=False.
 """
 
 from __future__ import annotations
