@@ -274,9 +274,9 @@ def _info_nce_fwd_combine_kernel(
 
 
 @triton.jit
-def _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, WCOL, start, offs_n, d, a_i, lse_i, self_col, pos, w_row, special,
+def _nt_xent_bwd_tile(acc, ps, zi, Z, RN, LSE, WCOL, start, offs_n, d, a_i, lse_i, self_col, pos, w_row, special,
                       c_scale, NK, D, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, WEIGHTED: tl.constexpr,
-                      EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IN_DTYPE: tl.constexpr,
+                      NEED_PS: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IN_DTYPE: tl.constexpr,
                       DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     cols = start + tl.arange(0, BLOCK_N)
     cmask = cols < NK
@@ -287,19 +287,27 @@ def _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, WCOL, start, offs_n, d, a_i, lse_i, s
         rj = tl.load(RN + cols, mask=cmask, other=0.0)
         s = s * rj[None, :]
     s2 = s * a_i[:, None]
+    p_ij = tl.exp2(s2 - lse_i[:, None])
     if WEIGHTED:  # gathered: w_i P_ij + w_j P_ji, w = the owner rank's upstream gradient / max |w|
         w_j = tl.load(WCOL + cols, mask=cmask, other=0.0)
-        g = tl.exp2(s2 - lse_i[:, None]) * w_row + tl.exp2(s2 - lse_j[None, :]) * w_j[None, :]
+        g = p_ij * w_row + tl.exp2(s2 - lse_j[None, :]) * w_j[None, :]
     else:
-        g = tl.exp2(s2 - lse_i[:, None]) + tl.exp2(s2 - lse_j[None, :])  # P_ij + P_ji
+        g = p_ij + tl.exp2(s2 - lse_j[None, :])  # P_ij + P_ji
+    if NEED_PS:  # sum_j P_ij s_ij (base-2 logits), for dL/dtau of the gathered loss
+        e = p_ij * s2
     if special:  # tiles holding self keys, positives or the tail: masks, and the -2 in fp32 before the cast
-        g = tl.where((cols[None, :] != self_col[:, None]) & cmask[None, :], g, 0.0)  # a select: drops inf too
+        valid = (cols[None, :] != self_col[:, None]) & cmask[None, :]
+        g = tl.where(valid, g, 0.0)  # a select: drops inf too
         g = g - tl.where(cols[None, :] == pos[:, None], 2.0 * w_row, 0.0)
+        if NEED_PS:
+            e = tl.where(valid, e, 0.0)
+    if NEED_PS:
+        ps += tl.sum(e, 1)
     if NORMALIZE:  # G_ij * r_j (and the fp16 scale) so that the dot with the raw rows gives sum_j G_ij u_j
         g = g * (rj * c_scale)[None, :]
     elif SCALE_G:
         g = g * c_scale
-    return acc + tl.dot(_to_dot(g, IN_DTYPE, UPCAST), zj, input_precision=DOT_PRECISION)
+    return acc + tl.dot(_to_dot(g, IN_DTYPE, UPCAST), zj, input_precision=DOT_PRECISION), ps
 
 
 @triton.jit
@@ -315,8 +323,8 @@ def _g_scale(RN_MAX, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr):
 
 
 @triton.jit
-def _nt_xent_bwd_epilogue(acc, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m, c_scale, M, D,
-                          self_offset, NORMALIZE: tl.constexpr):
+def _nt_xent_bwd_epilogue(acc, ps, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m, c_scale, M, D,
+                          self_offset, NORMALIZE: tl.constexpr, NEED_PS: tl.constexpr):
     # fp32 epilogue: undo the G scale, the mean and 1/tau, then normalization's backward
     # dz_i = r_i (g_i - <g_i, u_i> u_i) with the exact input row.
     dmask = row_mask[:, None] & (d < D)[None, :]
@@ -332,7 +340,10 @@ def _nt_xent_bwd_epilogue(acc, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, 
         rad = tl.sum(gu * zf, 1)
         dz = gu
     tl.store(DZ + rows.to(tl.int64)[:, None] * D + d[None, :], dz.to(DZ.dtype.element_ty), mask=dmask)
-    tl.store(RAD + rows, rad, mask=row_mask)
+    if NEED_PS:  # RAD holds sum_j P_ij s_ij (natural logits) instead
+        tl.store(RAD + rows, ps * _LN2, mask=row_mask)
+    else:
+        tl.store(RAD + rows, rad, mask=row_mask)
 
 
 @triton.jit
@@ -345,8 +356,9 @@ def _nt_xent_bwd_kernel(
     TAU,  # *fp32 [1] temperature
     GRAD,  # *fp32 [1] upstream gradient of the mean loss (WEIGHTED: the max |gradient| over ranks)
     DZ,  # *T [M, D] out: dLoss/dZ of the program's rows (not SPLIT_K)
-    RAD,  # *fp32 [M] out: <dLoss/du_i, u_i> (for dL/dtau) (not SPLIT_K)
+    RAD,  # *fp32 [M] out: <dLoss/du_i, u_i> (for dL/dtau), NEED_PS: sum_j P_ij s_ij (not SPLIT_K)
     PACC,  # *fp32 [splits, M, D] out (SPLIT_K): the split's partial sum_j G_ij r_j z_j
+    PPS,  # *fp32 [splits, M] out (SPLIT_K and NEED_PS): the split's partial sum_j P_ij s_ij (base 2)
     M,  # rows whose gradient is computed: Z[self_offset : self_offset + M] (2N, or 2n local rows)
     NK,  # all rows (keys)
     HALF,  # M / 2: the positive of local row i is self_offset + (i + HALF) mod M
@@ -356,6 +368,7 @@ def _nt_xent_bwd_kernel(
     NORMALIZE: tl.constexpr,  # cosine similarity: scale by RN, normalization backward in the epilogue
     SCALE_G: tl.constexpr,  # fp16: scale G by G_SCALE / max r before the cast
     WEIGHTED: tl.constexpr,  # gathered: per-row upstream weights WCOL
+    NEED_PS: tl.constexpr,  # also sum_j P_ij s_ij per row (gathered loss with a learnable temperature)
     SPLIT_K: tl.constexpr,  # write partial sums to PACC (combined by _nt_xent_bwd_combine_kernel)
     EVEN_D: tl.constexpr,  # D == BLOCK_D
     UPCAST: tl.constexpr,  # load as fp32 (interpreter)
@@ -403,28 +416,32 @@ def _nt_xent_bwd_kernel(
     k_lo = tl.program_id(1) * key_chunk  # this program's key range [k_lo, k_hi) (split-K)
     k_hi = tl.minimum(k_lo + key_chunk, NK)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    ps = tl.zeros([BLOCK_M], tl.float32)
     for start in range(k_lo, k_hi, BLOCK_N):
         special = ((start + BLOCK_N > NK) | _hits(start, grow0, grow0 + BLOCK_M, BLOCK_N)
                    | _hits(start, pa_lo, pa_hi, BLOCK_N) | _hits(start, pb_lo, pb_hi, BLOCK_N))
-        acc = _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, WCOL, start, offs_n, d, a_i, lse_i, self_col, pos, w_row,
-                                special, c_scale, NK, D, NORMALIZE, SCALE_G, WEIGHTED, EVEN_D, UPCAST, IN_DTYPE,
-                                DOT_PRECISION, BLOCK_N)
+        acc, ps = _nt_xent_bwd_tile(acc, ps, zi, Z, RN, LSE, WCOL, start, offs_n, d, a_i, lse_i, self_col, pos,
+                                    w_row, special, c_scale, NK, D, NORMALIZE, SCALE_G, WEIGHTED, NEED_PS, EVEN_D,
+                                    UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
     if SPLIT_K:
         dmask = row_mask[:, None] & (d < D)[None, :]
         part = tl.program_id(1).to(tl.int64) * M + rows.to(tl.int64)
         tl.store(PACC + part[:, None] * D + d[None, :], acc, mask=dmask)
+        if NEED_PS:
+            tl.store(PPS + part, ps, mask=row_mask)
     else:
-        _nt_xent_bwd_epilogue(acc, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m, c_scale, M, D,
-                              self_offset, NORMALIZE)
+        _nt_xent_bwd_epilogue(acc, ps, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m, c_scale, M, D,
+                              self_offset, NORMALIZE, NEED_PS)
 
 
 @triton.jit
 def _nt_xent_bwd_combine_kernel(
     Z, RN, RN_MAX, TAU, GRAD, DZ, RAD,  # as in _nt_xent_bwd_kernel
     PACC,  # *fp32 [splits, M, D] partial sums
+    PPS,  # *fp32 [splits, M] partial sum_j P_ij s_ij (NEED_PS)
     M, D, self_offset,  # as in _nt_xent_bwd_kernel
     n_split,  # number of key splits
-    NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr,
+    NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, NEED_PS: tl.constexpr,
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # next power of two >= D
 ):
@@ -437,11 +454,14 @@ def _nt_xent_bwd_combine_kernel(
     offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
     dmask = row_mask[:, None] & (d < D)[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    ps = tl.zeros([BLOCK_M], tl.float32)
     for s in range(0, n_split):
         part = tl.cast(s, tl.int64) * M + rows.to(tl.int64)
         acc += tl.load(PACC + part[:, None] * D + d[None, :], mask=dmask, other=0.0)
-    _nt_xent_bwd_epilogue(acc, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m,
-                          _g_scale(RN_MAX, NORMALIZE, SCALE_G), M, D, self_offset, NORMALIZE)
+        if NEED_PS:
+            ps += tl.load(PPS + part, mask=row_mask, other=0.0)
+    _nt_xent_bwd_epilogue(acc, ps, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m,
+                          _g_scale(RN_MAX, NORMALIZE, SCALE_G), M, D, self_offset, NORMALIZE, NEED_PS)
 
 
 # ---------------------------------------------------------------------------------------------------

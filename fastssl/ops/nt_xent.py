@@ -390,26 +390,29 @@ def fwd_plan(q, k, rnq, rnk, pos, tau, lse, loss, *, self_offset, exclude_self, 
 
 
 def nt_xent_bwd_plan(z, rn, rn_max, lse, tau, grad, dz, rad, *, normalize, arch, m=None, self_offset=0, wcol=None,
-                     sms=None):
+                     need_ps=False, sms=None):
     """Symmetric backward for rows z[self_offset : self_offset + m] (default: all) against every row of z;
-    ``wcol`` (gathered): per-row weights, ``grad`` then holds their scale (see _nt_xent_gathered_bwd)."""
+    ``wcol`` (gathered): per-row weights, ``grad`` then holds their scale (see _nt_xent_gathered_bwd);
+    ``need_ps``: ``rad`` receives sum_j P_ij s_ij instead of the radial terms."""
     nk, d = z.shape
     m = nk if m is None else m
     cfg = triton_config("bwd", z.dtype, d, arch)
     flags = dict(NORMALIZE=normalize, SCALE_G=z.dtype == torch.float16)
-    kw = dict(**flags, WEIGHTED=wcol is not None, IN_DTYPE=_tl_dtype(z.dtype), **_common(z, cfg, d))
+    kw = dict(**flags, WEIGHTED=wcol is not None, NEED_PS=need_ps, IN_DTYPE=_tl_dtype(z.dtype), **_common(z, cfg, d))
     row_blocks = triton.cdiv(m, cfg["BLOCK_M"])
     n_split, chunk = key_splits(row_blocks, nk, cfg["BLOCK_N"], _sms(z, arch, sms), arch is None)
     w = rn if wcol is None else wcol
     if n_split == 1:
-        args = (z, rn, rn_max, lse, w, tau, grad, dz, rad, dz, m, nk, m // 2, d, self_offset, chunk)
+        args = (z, rn, rn_max, lse, w, tau, grad, dz, rad, dz, rad, m, nk, m // 2, d, self_offset, chunk)
         return [(K._nt_xent_bwd_kernel, (row_blocks, 1), args, dict(kw, SPLIT_K=False))]
     pacc = torch.empty(n_split, m, d, dtype=torch.float32, device=z.device)
-    args = (z, rn, rn_max, lse, w, tau, grad, dz, rad, pacc, m, nk, m // 2, d, self_offset, chunk)
-    combine = (z, rn, rn_max, tau, grad, dz, rad, pacc, m, d, self_offset, n_split)
+    pps = torch.empty(n_split, m, dtype=torch.float32, device=z.device) if need_ps else rad
+    args = (z, rn, rn_max, lse, w, tau, grad, dz, rad, pacc, pps, m, nk, m // 2, d, self_offset, chunk)
+    combine = (z, rn, rn_max, tau, grad, dz, rad, pacc, pps, m, d, self_offset, n_split)
     return [(K._nt_xent_bwd_kernel, (row_blocks, n_split), args, dict(kw, SPLIT_K=True)),
             (K._nt_xent_bwd_combine_kernel, (row_blocks,), combine,
-             dict(**flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"]))]
+             dict(**flags, NEED_PS=need_ps, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"],
+                  num_warps=cfg["num_warps"]))]
 
 
 def info_nce_bwd_plan(q, k, rnq, rnk, rnq_max, rnk_max, pos, lse, tau, grad, dq, dk, rad, *, self_offset,
@@ -562,16 +565,23 @@ def _blockwise_info_nce_backward(u, v, pos, lse, tau, self_offset, need_dq, need
     return du, dv
 
 
-def _blockwise_nt_xent_gathered_backward(v, offset, m, lse, tau, w):
+def _blockwise_nt_xent_gathered_backward(v, offset, m, lse, tau, w, need_ps):
     """d(sum_r w_r L_r)/du for the m local rows v[offset : offset + m] (gathered symmetric loss; v: every
-    rank's normalized rows, lse: every row's lse, w: each row's rank's upstream gradient)."""
+    rank's normalized rows, lse: every row's lse, w: each row's rank's upstream gradient), and with
+    ``need_ps`` the rows' sum_j P_ij s_ij (else None)."""
     nk = v.shape[0]
     du = v.new_empty(m, v.shape[1])
+    ps = v.new_empty(m) if need_ps else None
     vt, inv_tau, bm = v.t(), 1.0 / tau, _row_block(nk)
     w_row = w[offset]
     for r0 in range(0, m, bm):
         r1 = min(m, r0 + bm)
         s = torch.mm(v[offset + r0:offset + r1], vt).mul_(inv_tau)
+        if need_ps:
+            p_ij = torch.sub(s, lse[offset + r0:offset + r1, None]).exp_()
+            p_ij.diagonal(offset + r0).zero_()
+            ps[r0:r1] = torch.linalg.vecdot(p_ij, s)
+            del p_ij
         s.diagonal(offset + r0).fill_(float("-inf"))
         p_ji = torch.sub(s, lse[None, :]).exp_().mul_(w[None, :])
         g = s.sub_(lse[offset + r0:offset + r1, None]).exp_().mul_(w_row).add_(p_ji)  # w_r P_ij + w_j P_ji
@@ -579,7 +589,7 @@ def _blockwise_nt_xent_gathered_backward(v, offset, m, lse, tau, w):
         rows = torch.arange(r1 - r0, device=v.device)
         g[rows, offset + (rows + r0 + m // 2) % m] -= 2.0 * w_row
         torch.mm(g, v, out=du[r0:r1])
-    return du.mul_(1.0 / (m * tau))
+    return du.mul_(1.0 / (m * tau)), ps
 
 
 def _native_nt_xent_fwd(z, tau, normalize):
@@ -730,17 +740,17 @@ nt_xent_fwd.register_autograd(_nt_xent_backward, setup_context=_nt_xent_setup)
 # gather=True backward without the keys' gradient (see _GatheredNtXent)
 
 
-def _native_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize):
+def _native_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps):
     with _no_autocast(keys):
         m = keys.shape[0] // grads.shape[0]
         v = keys.to(rnk.dtype) * rnk[:, None] if normalize else keys.to(rnk.dtype)
         w = grads.to(rnk.dtype).repeat_interleave(m)
-        gu = _blockwise_nt_xent_gathered_backward(v, offset, m, lse, tau, w)
+        gu, ps = _blockwise_nt_xent_gathered_backward(v, offset, m, lse, tau, w, need_ps)
         dz, _ = _normalize_backward(gu, v[offset:offset + m], rnk[offset:offset + m], normalize)
-        return dz.to(keys.dtype)
+        return dz.to(keys.dtype), (ps if need_ps else lse.new_empty(0))
 
 
-def _triton_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize):
+def _triton_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps):
     m = keys.shape[0] // grads.shape[0]
     d = keys.shape[1]
     keys = _pad16(keys)
@@ -752,36 +762,43 @@ def _triton_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize):
     dz = keys.new_empty(m, keys.shape[1])
     rad = torch.empty(m, dtype=torch.float32, device=keys.device)
     _launch(nt_xent_bwd_plan(keys, rnk, _rn_max(rnk, keys, normalize), lse, tau.float(), gmax, dz, rad,
-                             normalize=normalize, arch=_arch(keys), m=m, self_offset=offset, wcol=wcol), keys)
-    return _unpad(dz, d)
+                             normalize=normalize, arch=_arch(keys), m=m, self_offset=offset, wcol=wcol,
+                             need_ps=need_ps), keys)
+    return _unpad(dz, d), (rad if need_ps else rad.new_empty(0))
 
 
 @custom_op("fastssl::nt_xent_gathered_bwd_native", mutates_args=())
 def nt_xent_gathered_bwd_native(grads: Tensor, keys: Tensor, tau: Tensor, lse: Tensor, rnk: Tensor, offset: int,
-                                normalize: bool) -> Tensor:
-    return _native_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize)
+                                normalize: bool, need_ps: bool) -> tuple[Tensor, Tensor]:
+    return _native_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
+
+
+def _gathered_bwd_fake(grads, keys, lse, need_ps):
+    m = keys.shape[0] // grads.shape[0]
+    return keys.new_empty(m, keys.shape[1]), lse.new_empty(m if need_ps else 0)
 
 
 @nt_xent_gathered_bwd_native.register_fake
-def _(grads, keys, tau, lse, rnk, offset, normalize):
-    return keys.new_empty(keys.shape[0] // grads.shape[0], keys.shape[1])
+def _(grads, keys, tau, lse, rnk, offset, normalize, need_ps):
+    return _gathered_bwd_fake(grads, keys, lse, need_ps)
 
 
 @triton_op("fastssl::nt_xent_gathered_bwd", mutates_args=())
 def nt_xent_gathered_bwd(grads: Tensor, keys: Tensor, tau: Tensor, lse: Tensor, rnk: Tensor, offset: int,
-                         normalize: bool, backend: str) -> Tensor:
+                         normalize: bool, need_ps: bool, backend: str) -> tuple[Tensor, Tensor]:
     """Gathered NT-Xent: d(sum_r grads[r] L_r)/dz for this rank's m = 2nW / W rows keys[offset : offset + m].
     grads [W] every rank's upstream gradient, keys [2nW, D] every rank's raw rows, lse [2nW] every row's
-    lse, rnk [2nW] their inverse norms. Returns [m, D] in the keys' dtype."""
+    lse, rnk [2nW] their inverse norms. Returns ([m, D] in the keys' dtype, and with ``need_ps`` the
+    rows' sum_j P_ij s_ij [m] (natural logits; else empty), for dL/dtau)."""
     if backend != "triton":
-        return torch.ops.fastssl.nt_xent_gathered_bwd_native(grads, keys, tau, lse, rnk, offset, normalize)
-    return _triton_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize)
+        return torch.ops.fastssl.nt_xent_gathered_bwd_native(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
+    return _triton_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
 
 
 @nt_xent_gathered_bwd.register_kernel("cpu")
-def _(grads, keys, tau, lse, rnk, offset, normalize, backend):
+def _(grads, keys, tau, lse, rnk, offset, normalize, need_ps, backend):
     fn = _triton_nt_xent_gathered_bwd if backend == "triton" else _native_nt_xent_gathered_bwd
-    return fn(grads, keys, tau, lse, rnk, offset, normalize)
+    return fn(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
 
 
 # "one_pass": gather=True uses _GatheredNtXent; "reduce_scatter": the keys' gradient goes back through
@@ -801,7 +818,9 @@ class _GatheredNtXent(torch.autograd.Function):
     with pos(k) local (pos(pos(k)) = k, so both positive terms carry g_r). Each rank computes its own
     rows' complete gradient in one pass over (local rows x all rows) tiles: no dk pass, no [2nW, D]
     reduce-scatter; the backward only all-gathers the W upstream gradients. dtau (learnable
-    temperature) is rank r's own dL_r/dtau, from the query-side pass (info_nce_bwd), as before."""
+    temperature) is rank r's own g_r dL_r/dtau, as before: with s_ij = c_ij / tau,
+    dL_r/dtau = -1/(2n tau) sum_k (sum_j P_kj s_kj - s_k,pos(k)) = -(1/tau) (mean_k (PS_k - lse_k) + L_r),
+    PS_k = sum_j P_kj s_kj summed by the same pass (s_k,pos = lse_k - loss_k)."""
 
     @staticmethod
     def forward(ctx, z, t, normalize, backend):
@@ -809,22 +828,23 @@ class _GatheredNtXent(torch.autograd.Function):
         offset = rank() * m
         keys = all_gather(z)
         pos = _nt_xent_positives(m, offset, z.device)
-        loss, lse, rnq, rnk = torch.ops.fastssl.info_nce_fwd(z, keys, pos, t, normalize, offset, True, backend)
+        loss, lse, _, rnk = torch.ops.fastssl.info_nce_fwd(z, keys, pos, t, normalize, offset, True, backend)
         lse_all = all_gather(lse)
-        ctx.save_for_backward(z, keys, pos, t, lse, lse_all, rnq, rnk)
+        ctx.save_for_backward(keys, t, loss, lse, lse_all, rnk)
         ctx.args = (offset, normalize, backend)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        z, keys, pos, t, lse, lse_all, rnq, rnk = ctx.saved_tensors
+        keys, t, loss, lse, lse_all, rnk = ctx.saved_tensors
         offset, normalize, backend = ctx.args
+        need_dtau = ctx.needs_input_grad[1]
         grads = all_gather(grad.detach().reshape(1).to(lse.dtype))
-        dz = torch.ops.fastssl.nt_xent_gathered_bwd(grads, keys, t, lse_all, rnk, offset, normalize, backend)
+        dz, ps = torch.ops.fastssl.nt_xent_gathered_bwd(grads, keys, t, lse_all, rnk, offset, normalize, need_dtau,
+                                                        backend)
         dtau = None
-        if ctx.needs_input_grad[1]:
-            dtau = torch.ops.fastssl.info_nce_bwd(grad, z, keys, pos, t, lse, rnq, rnk, normalize, offset, True, False,
-                                                  False, True, backend)[2]
+        if need_dtau:
+            dtau = ((-grad / t) * ((ps.to(lse.dtype) - lse).mean() + loss)).to(t.dtype)
         return dz, dtau, None, None
 
 

@@ -510,7 +510,9 @@ def test_opcheck(be, on):
         _, lse_r, _, rn_all = ops.info_nce_fwd(zg[6 * r:6 * r + 6], zg, pos_r, tau.detach(), True, 6 * r, True, name)
         lse_all.append(lse_r)
     torch.library.opcheck(ops.nt_xent_gathered_bwd.default, (torch.tensor([1.0, 0.5], device=dev), zg, tau.detach(),
-                                                             torch.cat(lse_all), rn_all, 6, True, name))
+                                                             torch.cat(lse_all), rn_all, 6, True, False, name))
+    torch.library.opcheck(ops.nt_xent_gathered_bwd.default, (torch.tensor([1.0, 0.5], device=dev), zg, tau.detach(),
+                                                             torch.cat(lse_all), rn_all, 0, False, True, name))
 
 
 @pytest.mark.parametrize("be", [pytest.param(NATIVE, id="native"), CUDA])

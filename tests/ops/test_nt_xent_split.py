@@ -143,17 +143,28 @@ def test_gathered_backward_without_process_group(dtype, normalize, dev, monkeypa
     lse = torch.cat(lse)
     grads = torch.tensor(weights, device=dev)
     spec = _gathered_spec(z, world, tau, weights, normalize)
+    # sum_j P_kj s_kj of every row (the learnable temperature's term), float64 full matrix
+    u = torch.nn.functional.normalize(z.double(), dim=1) if normalize else z.double()
+    logits = (u @ u.t() / tau).cpu()
+    logits.fill_diagonal_(float("-inf"))
+    p_mat = torch.softmax(logits, dim=1)
+    ps_spec = (p_mat * logits.nan_to_num(neginf=0.0)).sum(1)
     for r in range(world):
         want = spec[r * m:(r + 1) * m]
         got = {}
         for split in (1, 2):
             monkeypatch.setattr(ntx, "SPLIT_K", split)
-            got[split] = torch.ops.fastssl.nt_xent_gathered_bwd(grads, z, t, lse, rnk, r * m, normalize, "triton")
-            assert got[split].shape == (m, d) and got[split].dtype == dtype
-            assert_rel_close(got[split], want, dtype=dtype, name=f"rank {r} split={split}",
+            # need_ps=True (the learnable-temperature variant; the plain one runs in the distributed tests)
+            dz, ps = torch.ops.fastssl.nt_xent_gathered_bwd(grads, z, t, lse, rnk, r * m, normalize, True, "triton")
+            assert dz.shape == (m, d) and dz.dtype == dtype
+            assert_rel_close(dz, want, dtype=dtype, name=f"rank {r} split={split}",
                              rtol=None if dtype == torch.float32 else 2e-2)
+            assert_rel_close(ps, ps_spec[r * m:(r + 1) * m], dtype=torch.float32, name=f"PS rank {r}",
+                             rtol=1e-5 if dtype == torch.float32 else 2e-2)
+            got[split] = dz
         _rel(got[2], got[1], SPLIT_RTOL[dtype], f"rank {r} split vs unsplit")
         if dtype == torch.float32:  # the blockwise path from the same lse
-            native = torch.ops.fastssl.nt_xent_gathered_bwd(grads, z.cpu(), t.cpu(), lse.cpu(), rnk.cpu(), r * m,
-                                                            normalize, "native")
+            native, ps = torch.ops.fastssl.nt_xent_gathered_bwd(grads, z.cpu(), t.cpu(), lse.cpu(), rnk.cpu(),
+                                                                r * m, normalize, True, "native")
             assert_rel_close(native, want.cpu(), dtype=dtype, name=f"rank {r} native")
+            assert_rel_close(ps, ps_spec[r * m:(r + 1) * m], dtype=dtype, name=f"PS rank {r} native", rtol=1e-5)
