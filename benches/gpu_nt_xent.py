@@ -7,8 +7,10 @@ measured on the same card, next to the naive full-matrix loss and torch.compile 
 in memory. Targets (benchmarks, not timed tests): N=65536 bf16 fwd+bwd >= 60% of the measured matmul
 rate; N=1048576 bf16 fwd+bwd < 5 s with < 2 GB extra memory (the exp unit bounds it near 3 s on an
 H200). A size whose time, extrapolated (x N^2) from the previous one, exceeds --max-seconds is skipped
-and recorded as such. Prints a table and appends rows to benches/results/<device>.csv through
-harness.append_row.
+and recorded as such. Split-K rows (small batches): N=4096 (--split-n) fwd and fwd+bwd with the key
+range split by the SM count (automatic) against SPLIT_K=1 (one program per row block), same run,
+results checked equal to fp32 rounding (exit 1 otherwise). Prints a table and appends rows to
+benches/results/<device>.csv through harness.append_row.
 
     TRITON_INTERPRET=0 python benches/gpu_nt_xent.py                      # on a CUDA machine
     python benches/gpu_nt_xent.py --device cpu --no-record                # logic smoke test on CPU
@@ -28,6 +30,9 @@ import torch  # noqa: E402
 from bench_nt_xent import TAU, D, fwd_bwd, naive_bytes, naive_nt_xent  # noqa: E402
 
 from fastssl.ops import nt_xent  # noqa: E402
+from fastssl.ops._backend import triton_interpreting  # noqa: E402
+
+ntx = sys.modules["fastssl.ops.nt_xent"]
 
 SIZES = (4096, 65536, 1048576)
 CPU_SIZES = (64, 256)  # --device cpu smoke test
@@ -129,6 +134,53 @@ def table(rows: list[dict], ceiling: float) -> str:
     return "\n".join(lines)
 
 
+def split_rows(n: int, device, dtype, rounds: int, record_rows: bool) -> list[dict]:
+    """fwd and fwd+bwd at N=n: automatic split-K vs SPLIT_K=1, same inputs, same run."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    z1 = torch.randn(n, D, generator=g).to(device=device, dtype=dtype)
+    z2 = torch.randn(n, D, generator=g).to(device=device, dtype=dtype)
+    n_split = {kind: _splits(kind, z1) for kind in ("fwd", "bwd")}
+    out, grads = {}, {}
+    rows = []
+    for split in (None, 1):
+        ntx.SPLIT_K = split
+        try:
+            a, b = (x.detach().clone().requires_grad_() for x in (z1, z2))
+            loss = nt_xent(a, b, TAU)
+            loss.backward()
+            out[split], grads[split] = loss.detach().float(), (a.grad.float(), b.grad.float())
+            fwd = harness.time_ms(lambda: nt_xent(z1, z2, TAU), device, rounds, warmup=1)
+            both = harness.time_ms(fwd_bwd(nt_xent, z1, z2), device, rounds, warmup=1)
+        finally:
+            ntx.SPLIT_K = None
+        rows.append(dict(split="auto" if split is None else "1", fwd_ms=fwd, fwd_bwd_ms=both))
+    # the same sums in another order: fp32 rounding (gradients: one rounding of the dtype)
+    eps = torch.finfo(dtype).eps
+    if abs(float(out[None] - out[1])) > 1e-5 or any(
+            float((x - y).abs().max()) > 2 * eps * float(y.abs().max()) + 1e-6
+            for x, y in zip(grads[None], grads[1])):
+        raise SystemExit(f"split-K result differs from unsplit at N={n} {dtype}")
+    if record_rows:
+        info = f"splits_fwd={n_split['fwd']};splits_bwd={n_split['bwd']}"
+        for kind in ("fwd", "fwd_bwd"):
+            harness.append_row(dict(device=harness.device_name(device), op=f"nt_xent_{kind}_splitk",
+                                    shape=f"N={n},D={D},{str(dtype).replace('torch.', '')}", impl="fastssl split-K",
+                                    ms=f"{rows[0][kind + '_ms']:.3f}", baseline="unsplit (SPLIT_K=1)",
+                                    baseline_ms=f"{rows[1][kind + '_ms']:.3f}",
+                                    ratio=f"{rows[1][kind + '_ms'] / rows[0][kind + '_ms']:.3f}", extra=info))
+    print(f"split-K N={n} {dtype}: splits fwd {n_split['fwd']}, bwd {n_split['bwd']}; " + "; ".join(
+        f"SPLIT_K={r['split']}: fwd {r['fwd_ms']:.3f} ms, fwd+bwd {r['fwd_bwd_ms']:.3f} ms" for r in rows))
+    return rows
+
+
+def _splits(kind: str, z) -> int:
+    """The automatic split count of kernel ``kind`` for Z = [z1; z2] on z's device."""
+    arch = ntx._arch(z)
+    cfg = ntx.triton_config(kind, z.dtype, z.shape[1], arch)
+    r = 2 * z.shape[0]
+    return ntx.key_splits(math.ceil(r / cfg["BLOCK_M"]), r, cfg["BLOCK_N"], ntx._sms(z, arch, None), arch is None)[0]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -139,6 +191,8 @@ def main(argv=None) -> int:
                     help="skip a size whose extrapolated fwd+bwd time x (rounds + 3) exceeds this")
     ap.add_argument("--no-baselines", action="store_true", help="fastssl only")
     ap.add_argument("--no-record", action="store_true", help="do not append CSV rows")
+    ap.add_argument("--split-n", type=int, default=None,
+                    help="N of the split-K rows (default 4096; cpu: 24, under TRITON_INTERPRET=1 only); 0: none")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -169,6 +223,19 @@ def main(argv=None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print(table(rows, ceiling))
+    split_n = args.split_n if args.split_n is not None else (24 if cpu else 4096)
+    if split_n and (not cpu or triton_interpreting()):
+        import os
+
+        old = os.environ.get("FASTSSL_BACKEND")
+        os.environ["FASTSSL_BACKEND"] = "triton"  # CPU tensors: the interpreter (logic smoke test)
+        try:
+            for dt in args.dtypes:
+                split_rows(split_n, device, getattr(torch, dt), 2 if cpu else args.rounds, not args.no_record)
+        finally:
+            os.environ.pop("FASTSSL_BACKEND") if old is None else os.environ.__setitem__("FASTSSL_BACKEND", old)
+    elif split_n:
+        print("split-K rows: CUDA, or the Triton interpreter on CPU (TRITON_INTERPRET=1)")
     return 0
 
 

@@ -141,58 +141,9 @@ def _hits(start, lo, hi, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _info_nce_fwd_kernel(
-    Q,  # *T [M, D] contiguous raw queries
-    K,  # *T [Nk, D] contiguous raw keys
-    RNQ,  # *fp32 [M] inverse query norms (NORMALIZE)
-    RNK,  # *fp32 [Nk] inverse key norms (NORMALIZE)
-    POS,  # *int64 [M] positives (unless POS_HALF)
-    TAU,  # *fp32 [1] temperature
-    LSE,  # *fp32 [M] out: logsumexp over the candidates of row i, natural log, logit units
-    LOSS,  # *fp32 [M] out: lse_i - S_{i,pos(i)} / tau (NaN for an invalid positive)
-    M,  # number of queries
-    NK,  # number of keys
-    D,  # embedding width (<= BLOCK_D)
-    self_offset,  # key index of query 0's own copy (EXCLUDE_SELF only)
-    HALF,  # POS_HALF: pos(i) = (i + HALF) mod M
-    EXCLUDE_SELF: tl.constexpr,  # drop key i + self_offset from row i's candidates
-    POS_HALF: tl.constexpr,  # NT-Xent's positives, computed instead of read
-    NORMALIZE: tl.constexpr,  # cosine similarity (scale by RNQ, RNK)
-    EVEN_D: tl.constexpr,  # D == BLOCK_D: no column masks
-    UPCAST: tl.constexpr,  # load as fp32 (interpreter: no bf16 arithmetic)
-    DOT_PRECISION: tl.constexpr,  # "tf32x3" for fp32 inputs, "tf32" otherwise (ignored for 16-bit)
-    BLOCK_M: tl.constexpr,  # query rows per program
-    BLOCK_N: tl.constexpr,  # keys per step of the stream
-    BLOCK_D: tl.constexpr,  # next power of two >= D (whole rows stay in registers)
-):
-    pid = tl.program_id(0)
-    row0 = pid * BLOCK_M
-    rows = row0 + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
-    d = tl.arange(0, BLOCK_D)
-    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
-    offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
-    q = _load_tile(Q + tl.cast(row0, tl.int64) * D, offs_m, M - row0, d, D, True, EVEN_D, UPCAST)
-    qk_scale = _LOG2E / tl.load(TAU)
-    if NORMALIZE:
-        rq = tl.load(RNQ + rows, mask=row_mask, other=0.0)
-        a_i = rq * qk_scale
-    else:
-        a_i = tl.zeros([BLOCK_M], tl.float32) + qk_scale
-    self_col = rows + self_offset
-
-    m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)  # running max of base-2 logits
-    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(logit - m_i)
-    first = row0 + self_offset  # self keys of this row block: [first, first + BLOCK_M)
-    for start in range(0, NK, BLOCK_N):
-        special = start + BLOCK_N > NK
-        if EXCLUDE_SELF:
-            special = special | _hits(start, first, first + BLOCK_M, BLOCK_N)
-        m_i, l_i = _fwd_tile(m_i, l_i, q, K, RNK, start, offs_n, d, a_i, self_col, special, NK, D,
-                             EXCLUDE_SELF, NORMALIZE, EVEN_D, UPCAST, DOT_PRECISION, BLOCK_N)
-    lse2 = m_i + tl.log2(l_i)
-
-    # the positive's logit: one gathered row per query, products summed in fp32
+def _fwd_epilogue(lse2, Q, K, RNK, POS, LSE, LOSS, row0, rows, row_mask, a_i, self_col, d, offs_m, M, NK, D, HALF,
+                  EXCLUDE_SELF: tl.constexpr, POS_HALF: tl.constexpr, NORMALIZE: tl.constexpr):
+    """The positive's logit (one gathered row per query, products summed in fp32), then lse and loss."""
     if POS_HALF:
         pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
         ok = row_mask
@@ -215,49 +166,210 @@ def _info_nce_fwd_kernel(
     tl.store(LOSS + rows, loss, mask=row_mask)
 
 
+@triton.jit
+def _row_scale(RNQ, TAU, rows, row_mask, NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """a_i = log2(e) / tau * (1/|q_i| when NORMALIZE): raw dot -> base-2 logit."""
+    qk_scale = _LOG2E / tl.load(TAU)
+    if NORMALIZE:
+        return tl.load(RNQ + rows, mask=row_mask, other=0.0) * qk_scale
+    else:
+        return tl.zeros([BLOCK_M], tl.float32) + qk_scale
+
+
+@triton.jit
+def _info_nce_fwd_kernel(
+    Q,  # *T [M, D] contiguous raw queries
+    K,  # *T [Nk, D] contiguous raw keys
+    RNQ,  # *fp32 [M] inverse query norms (NORMALIZE)
+    RNK,  # *fp32 [Nk] inverse key norms (NORMALIZE)
+    POS,  # *int64 [M] positives (unless POS_HALF)
+    TAU,  # *fp32 [1] temperature
+    LSE,  # *fp32 [M] out: logsumexp over the candidates of row i, natural log, logit units (not SPLIT_K)
+    LOSS,  # *fp32 [M] out: lse_i - S_{i,pos(i)} / tau (NaN for an invalid positive) (not SPLIT_K)
+    PM,  # *fp32 [splits, M] out (SPLIT_K): running max of split program_id(1) (base-2 logits)
+    PL,  # *fp32 [splits, M] out (SPLIT_K): its sum of exp2(logit - max)
+    M,  # number of queries
+    NK,  # number of keys
+    D,  # embedding width (<= BLOCK_D)
+    self_offset,  # key index of query 0's own copy (EXCLUDE_SELF only)
+    HALF,  # POS_HALF: pos(i) = (i + HALF) mod M
+    key_chunk,  # keys per split (a multiple of BLOCK_N; >= NK when unsplit)
+    EXCLUDE_SELF: tl.constexpr,  # drop key i + self_offset from row i's candidates
+    POS_HALF: tl.constexpr,  # NT-Xent's positives, computed instead of read
+    NORMALIZE: tl.constexpr,  # cosine similarity (scale by RNQ, RNK)
+    SPLIT_K: tl.constexpr,  # write the split's partial (max, sum) instead of lse/loss (combined by the kernel below)
+    EVEN_D: tl.constexpr,  # D == BLOCK_D: no column masks
+    UPCAST: tl.constexpr,  # load as fp32 (interpreter: no bf16 arithmetic)
+    DOT_PRECISION: tl.constexpr,  # "tf32x3" for fp32 inputs, "tf32" otherwise (ignored for 16-bit)
+    BLOCK_M: tl.constexpr,  # query rows per program
+    BLOCK_N: tl.constexpr,  # keys per step of the stream
+    BLOCK_D: tl.constexpr,  # next power of two >= D (whole rows stay in registers)
+):
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    d = tl.arange(0, BLOCK_D)
+    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
+    offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
+    q = _load_tile(Q + tl.cast(row0, tl.int64) * D, offs_m, M - row0, d, D, True, EVEN_D, UPCAST)
+    a_i = _row_scale(RNQ, TAU, rows, row_mask, NORMALIZE, BLOCK_M)
+    self_col = rows + self_offset
+
+    m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)  # running max of base-2 logits
+    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(logit - m_i)
+    first = row0 + self_offset  # self keys of this row block: [first, first + BLOCK_M)
+    k_lo = tl.program_id(1) * key_chunk  # this program's key range [k_lo, k_hi) (split-K)
+    k_hi = tl.minimum(k_lo + key_chunk, NK)
+    for start in range(k_lo, k_hi, BLOCK_N):
+        special = start + BLOCK_N > NK
+        if EXCLUDE_SELF:
+            special = special | _hits(start, first, first + BLOCK_M, BLOCK_N)
+        m_i, l_i = _fwd_tile(m_i, l_i, q, K, RNK, start, offs_n, d, a_i, self_col, special, NK, D,
+                             EXCLUDE_SELF, NORMALIZE, EVEN_D, UPCAST, DOT_PRECISION, BLOCK_N)
+    if SPLIT_K:
+        part = tl.program_id(1).to(tl.int64) * M + rows
+        tl.store(PM + part, m_i, mask=row_mask)
+        tl.store(PL + part, l_i, mask=row_mask)
+    else:
+        _fwd_epilogue(m_i + tl.log2(l_i), Q, K, RNK, POS, LSE, LOSS, row0, rows, row_mask, a_i, self_col, d, offs_m,
+                      M, NK, D, HALF, EXCLUDE_SELF, POS_HALF, NORMALIZE)
+
+
+@triton.jit
+def _info_nce_fwd_combine_kernel(
+    Q, K, RNQ, RNK, POS, TAU, LSE, LOSS,  # as in _info_nce_fwd_kernel
+    PM,  # *fp32 [splits, M] partial maxima
+    PL,  # *fp32 [splits, M] partial sums
+    M, NK, D, self_offset, HALF,  # as in _info_nce_fwd_kernel
+    n_split,  # number of key splits
+    EXCLUDE_SELF: tl.constexpr, POS_HALF: tl.constexpr, NORMALIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_D: tl.constexpr,  # next power of two >= D
+):
+    # split-K combine, in split order (deterministic): lse2 = max + log2(sum_s l_s exp2(m_s - max))
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    d = tl.arange(0, BLOCK_D)
+    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
+    m_i = tl.full([BLOCK_M], _NEG_BIG, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    for s in range(0, n_split):
+        part = tl.cast(s, tl.int64) * M + rows
+        m_s = tl.load(PM + part, mask=row_mask, other=_NEG_BIG)
+        l_s = tl.load(PL + part, mask=row_mask, other=0.0)
+        m_new = tl.maximum(m_i, m_s)
+        l_i = l_i * tl.exp2(m_i - m_new) + l_s * tl.exp2(m_s - m_new)
+        m_i = m_new
+    l_i = tl.where(row_mask, l_i, 1.0)  # rows past M: no log2(0)
+    a_i = _row_scale(RNQ, TAU, rows, row_mask, NORMALIZE, BLOCK_M)
+    _fwd_epilogue(m_i + tl.log2(l_i), Q, K, RNK, POS, LSE, LOSS, row0, rows, row_mask, a_i, rows + self_offset, d,
+                  offs_m, M, NK, D, HALF, EXCLUDE_SELF, POS_HALF, NORMALIZE)
+
+
 # ---------------------------------------------------------------------------------------------------
 # backward: symmetric NT-Xent, one pass per row block
 
 
 @triton.jit
-def _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, start, offs_n, d, a_i, lse_i, rows, pos, special, c_scale, R, D,
-                      NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr,
-                      IN_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+def _nt_xent_bwd_tile(acc, ps, zi, Z, RN, LSE, WCOL, start, offs_n, d, a_i, lse_i, self_col, pos, w_row, special,
+                      c_scale, NK, D, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, WEIGHTED: tl.constexpr,
+                      NEED_PS: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IN_DTYPE: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     cols = start + tl.arange(0, BLOCK_N)
-    cmask = cols < R
-    zj = _load_tile(Z + tl.cast(start, tl.int64) * D, offs_n, R - start, d, D, True, EVEN_D, UPCAST)
+    cmask = cols < NK
+    zj = _load_tile(Z + tl.cast(start, tl.int64) * D, offs_n, NK - start, d, D, True, EVEN_D, UPCAST)
     s = tl.dot(zi, tl.trans(zj), input_precision=DOT_PRECISION)
     lse_j = tl.load(LSE + cols, mask=cmask, other=0.0) * _LOG2E
     if NORMALIZE:
         rj = tl.load(RN + cols, mask=cmask, other=0.0)
         s = s * rj[None, :]
     s2 = s * a_i[:, None]
-    g = tl.exp2(s2 - lse_i[:, None]) + tl.exp2(s2 - lse_j[None, :])  # P_ij + P_ji
+    p_ij = tl.exp2(s2 - lse_i[:, None])
+    if WEIGHTED:  # gathered: w_i P_ij + w_j P_ji, w = the owner rank's upstream gradient / max |w|
+        w_j = tl.load(WCOL + cols, mask=cmask, other=0.0)
+        g = p_ij * w_row + tl.exp2(s2 - lse_j[None, :]) * w_j[None, :]
+    else:
+        g = p_ij + tl.exp2(s2 - lse_j[None, :])  # P_ij + P_ji
+    if NEED_PS:  # sum_j P_ij s_ij (base-2 logits), for dL/dtau of the gathered loss
+        e = p_ij * s2
     if special:  # tiles holding self keys, positives or the tail: masks, and the -2 in fp32 before the cast
-        g = tl.where((cols[None, :] != rows[:, None]) & cmask[None, :], g, 0.0)  # a select: drops inf too
-        g = g - tl.where(cols[None, :] == pos[:, None], 2.0, 0.0)
+        valid = (cols[None, :] != self_col[:, None]) & cmask[None, :]
+        g = tl.where(valid, g, 0.0)  # a select: drops inf too
+        g = g - tl.where(cols[None, :] == pos[:, None], 2.0 * w_row, 0.0)
+        if NEED_PS:
+            e = tl.where(valid, e, 0.0)
+    if NEED_PS:
+        ps += tl.sum(e, 1)
     if NORMALIZE:  # G_ij * r_j (and the fp16 scale) so that the dot with the raw rows gives sum_j G_ij u_j
         g = g * (rj * c_scale)[None, :]
     elif SCALE_G:
         g = g * c_scale
-    return acc + tl.dot(_to_dot(g, IN_DTYPE, UPCAST), zj, input_precision=DOT_PRECISION)
+    return acc + tl.dot(_to_dot(g, IN_DTYPE, UPCAST), zj, input_precision=DOT_PRECISION), ps
+
+
+@triton.jit
+def _g_scale(RN_MAX, NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr):
+    """The fp16 G scale (1 otherwise): G_SCALE / max_j r_j, so that G r_j c <= G_SCALE."""
+    if SCALE_G:
+        if NORMALIZE:
+            return _G_SCALE / tl.load(RN_MAX)
+        else:
+            return _G_SCALE
+    else:
+        return 1.0
+
+
+@triton.jit
+def _nt_xent_bwd_epilogue(acc, ps, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m, c_scale, M, D,
+                          self_offset, NORMALIZE: tl.constexpr, NEED_PS: tl.constexpr):
+    # fp32 epilogue: undo the G scale, the mean and 1/tau, then normalization's backward
+    # dz_i = r_i (g_i - <g_i, u_i> u_i) with the exact input row.
+    dmask = row_mask[:, None] & (d < D)[None, :]
+    gu = acc * (tl.load(GRAD) / (c_scale * M * tl.load(TAU)))
+    # the rows again from memory (L2): keeping zi live for the epilogue would hold it in a second
+    # register layout through the loop (sm80: spills)
+    zf = tl.load(Z + tl.cast(row0 + self_offset, tl.int64) * D + offs_m, mask=dmask, other=0.0).to(tl.float32)
+    if NORMALIZE:
+        ri = tl.load(RN + self_offset + rows, mask=row_mask, other=0.0)
+        rad = tl.sum(gu * zf, 1) * ri
+        dz = (gu - (rad * ri)[:, None] * zf) * ri[:, None]
+    else:
+        rad = tl.sum(gu * zf, 1)
+        dz = gu
+    tl.store(DZ + rows.to(tl.int64)[:, None] * D + d[None, :], dz.to(DZ.dtype.element_ty), mask=dmask)
+    if NEED_PS:  # RAD holds sum_j P_ij s_ij (natural logits) instead
+        tl.store(RAD + rows, ps * _LN2, mask=row_mask)
+    else:
+        tl.store(RAD + rows, rad, mask=row_mask)
 
 
 @triton.jit
 def _nt_xent_bwd_kernel(
-    Z,  # *T [R, D] contiguous raw rows [z1; z2] (queries and keys at once)
-    RN,  # *fp32 [R] inverse norms (NORMALIZE)
+    Z,  # *T [NK, D] contiguous raw rows: [z1; z2] (single process), every rank's [z1_r; z2_r] (gathered)
+    RN,  # *fp32 [NK] inverse norms (NORMALIZE)
     RN_MAX,  # *fp32 [1] max of RN (NORMALIZE and SCALE_G)
-    LSE,  # *fp32 [R] from the forward
+    LSE,  # *fp32 [NK] every row's lse from the forward(s)
+    WCOL,  # *fp32 [NK] (WEIGHTED) row j's weight: its rank's upstream gradient / GRAD
     TAU,  # *fp32 [1] temperature
-    GRAD,  # *fp32 [1] upstream gradient of the mean loss
-    DZ,  # *T [R, D] out: dLoss/dZ
-    RAD,  # *fp32 [R] out: <dLoss/du_i, u_i> (for dL/dtau)
-    R,  # 2N rows
-    HALF,  # N: the positive of row i is (i + N) mod 2N
+    GRAD,  # *fp32 [1] upstream gradient of the mean loss (WEIGHTED: the max |gradient| over ranks)
+    DZ,  # *T [M, D] out: dLoss/dZ of the program's rows (not SPLIT_K)
+    RAD,  # *fp32 [M] out: <dLoss/du_i, u_i> (for dL/dtau), NEED_PS: sum_j P_ij s_ij (not SPLIT_K)
+    PACC,  # *fp32 [splits, M, D] out (SPLIT_K): the split's partial sum_j G_ij r_j z_j
+    PPS,  # *fp32 [splits, M] out (SPLIT_K and NEED_PS): the split's partial sum_j P_ij s_ij (base 2)
+    M,  # rows whose gradient is computed: Z[self_offset : self_offset + M] (2N, or 2n local rows)
+    NK,  # all rows (keys)
+    HALF,  # M / 2: the positive of local row i is self_offset + (i + HALF) mod M
     D,  # embedding width (<= BLOCK_D)
+    self_offset,  # Z index of local row 0 (0, or rank * 2n when gathered)
+    key_chunk,  # keys per split (a multiple of BLOCK_N; >= NK when unsplit)
     NORMALIZE: tl.constexpr,  # cosine similarity: scale by RN, normalization backward in the epilogue
     SCALE_G: tl.constexpr,  # fp16: scale G by G_SCALE / max r before the cast
+    WEIGHTED: tl.constexpr,  # gathered: per-row upstream weights WCOL
+    NEED_PS: tl.constexpr,  # also sum_j P_ij s_ij per row (gathered loss with a learnable temperature)
+    SPLIT_K: tl.constexpr,  # write partial sums to PACC (combined by _nt_xent_bwd_combine_kernel)
     EVEN_D: tl.constexpr,  # D == BLOCK_D
     UPCAST: tl.constexpr,  # load as fp32 (interpreter)
     IN_DTYPE: tl.constexpr,  # tl dtype of Z (the second dot's operand dtype)
@@ -266,61 +378,90 @@ def _nt_xent_bwd_kernel(
     BLOCK_N: tl.constexpr,  # columns per step
     BLOCK_D: tl.constexpr,  # next power of two >= D
 ):
-    # Symmetric loss: dL/du_i = sum_j G_ij u_j / (2N tau) with G_ij = P_ij + P_ji - 2[j = pos(i)] and
+    # Symmetric loss: dL/du_i = sum_j G_ij u_j / (M tau) with G_ij = P_ij + P_ji - 2[j = pos(i)] and
     # P_ij = exp(S_ij/tau - lse_i); S is symmetric so P_ji = exp(S_ij/tau - lse_j): one pass per row
-    # block, the column side only needs lse_j. The -2 u_pos(i) term is added in the epilogue.
+    # block, the column side only needs lse_j. Gathered (rank r, M = 2n local rows of NK = 2nW): the sum
+    # of the ranks' local losses L_r' (each a mean over 2n rows) has the same form with every rank's lse
+    # (all-gathered after the forward) and each P weighted by its row's rank's upstream gradient.
     pid = tl.program_id(0)
     row0 = pid * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
-    row_mask = rows < R
+    row_mask = rows < M
+    grow0 = row0 + self_offset  # global index of the block's first row
     d = tl.arange(0, BLOCK_D)
     offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
     offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
-    zi = _load_tile(Z + tl.cast(row0, tl.int64) * D, offs_m, R - row0, d, D, True, EVEN_D, UPCAST)
+    zi = _load_tile(Z + tl.cast(grow0, tl.int64) * D, offs_m, M - row0, d, D, True, EVEN_D, UPCAST)
     tau = tl.load(TAU)
-    lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
+    lse_i = tl.load(LSE + self_offset + rows, mask=row_mask, other=0.0) * _LOG2E
     if NORMALIZE:
-        ri = tl.load(RN + rows, mask=row_mask, other=0.0)
-        a_i = ri * (_LOG2E / tau)
+        a_i = tl.load(RN + self_offset + rows, mask=row_mask, other=0.0) * (_LOG2E / tau)
     else:
         a_i = tl.zeros([BLOCK_M], tl.float32) + _LOG2E / tau
-    if SCALE_G:
-        if NORMALIZE:
-            c_scale = _G_SCALE / tl.load(RN_MAX)
-        else:
-            c_scale = _G_SCALE
+    c_scale = _g_scale(RN_MAX, NORMALIZE, SCALE_G)
+    if WEIGHTED:
+        w_row = tl.load(WCOL + self_offset)  # every local row belongs to this rank
     else:
-        c_scale = 1.0
+        w_row = 1.0
 
-    # positives of this row block: [row0 + HALF, min(row0 + BLOCK_M, HALF) + HALF) for rows < HALF,
-    # [max(row0, HALF) - HALF, row0 + BLOCK_M - HALF) for rows >= HALF (a block may straddle HALF)
-    pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
-    pa_lo = row0 + HALF
-    pa_hi = tl.minimum(row0 + BLOCK_M, HALF) + HALF
-    pb_lo = tl.maximum(row0, HALF) - HALF
-    pb_hi = row0 + BLOCK_M - HALF
+    # positives of this row block (global indices): [row0 + HALF, min(row0 + BLOCK_M, HALF) + HALF) for
+    # rows < HALF, [max(row0, HALF) - HALF, row0 + BLOCK_M - HALF) for rows >= HALF (a block may straddle
+    # HALF), each shifted by self_offset
+    self_col = rows + self_offset
+    pos = tl.where(rows < HALF, rows + HALF, rows - HALF) + self_offset
+    pa_lo = grow0 + HALF
+    pa_hi = tl.minimum(row0 + BLOCK_M, HALF) + HALF + self_offset
+    pb_lo = tl.maximum(row0, HALF) - HALF + self_offset
+    pb_hi = grow0 + BLOCK_M - HALF
+    k_lo = tl.program_id(1) * key_chunk  # this program's key range [k_lo, k_hi) (split-K)
+    k_hi = tl.minimum(k_lo + key_chunk, NK)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start in range(0, R, BLOCK_N):
-        special = ((start + BLOCK_N > R) | _hits(start, row0, row0 + BLOCK_M, BLOCK_N)
+    ps = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(k_lo, k_hi, BLOCK_N):
+        special = ((start + BLOCK_N > NK) | _hits(start, grow0, grow0 + BLOCK_M, BLOCK_N)
                    | _hits(start, pa_lo, pa_hi, BLOCK_N) | _hits(start, pb_lo, pb_hi, BLOCK_N))
-        acc = _nt_xent_bwd_tile(acc, zi, Z, RN, LSE, start, offs_n, d, a_i, lse_i, rows, pos, special, c_scale, R,
-                                D, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
-
-    # fp32 epilogue: undo the G scale, the mean and 1/tau, then normalization's backward
-    # dz_i = r_i (g_i - <g_i, u_i> u_i) with the exact input row.
-    dmask = row_mask[:, None] & (d < D)[None, :]
-    gu = acc * (tl.load(GRAD) / (c_scale * R * tau))
-    # the rows again from memory (L2): keeping zi live for the epilogue would hold it in a second
-    # register layout through the loop (sm80: spills)
-    zf = tl.load(Z + tl.cast(row0, tl.int64) * D + offs_m, mask=dmask, other=0.0).to(tl.float32)
-    if NORMALIZE:
-        rad = tl.sum(gu * zf, 1) * ri
-        dz = (gu - (rad * ri)[:, None] * zf) * ri[:, None]
+        acc, ps = _nt_xent_bwd_tile(acc, ps, zi, Z, RN, LSE, WCOL, start, offs_n, d, a_i, lse_i, self_col, pos,
+                                    w_row, special, c_scale, NK, D, NORMALIZE, SCALE_G, WEIGHTED, NEED_PS, EVEN_D,
+                                    UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
+    if SPLIT_K:
+        dmask = row_mask[:, None] & (d < D)[None, :]
+        part = tl.program_id(1).to(tl.int64) * M + rows.to(tl.int64)
+        tl.store(PACC + part[:, None] * D + d[None, :], acc, mask=dmask)
+        if NEED_PS:
+            tl.store(PPS + part, ps, mask=row_mask)
     else:
-        rad = tl.sum(gu * zf, 1)
-        dz = gu
-    tl.store(DZ + rows.to(tl.int64)[:, None] * D + d[None, :], dz.to(DZ.dtype.element_ty), mask=dmask)
-    tl.store(RAD + rows, rad, mask=row_mask)
+        _nt_xent_bwd_epilogue(acc, ps, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m, c_scale, M, D,
+                              self_offset, NORMALIZE, NEED_PS)
+
+
+@triton.jit
+def _nt_xent_bwd_combine_kernel(
+    Z, RN, RN_MAX, TAU, GRAD, DZ, RAD,  # as in _nt_xent_bwd_kernel
+    PACC,  # *fp32 [splits, M, D] partial sums
+    PPS,  # *fp32 [splits, M] partial sum_j P_ij s_ij (NEED_PS)
+    M, D, self_offset,  # as in _nt_xent_bwd_kernel
+    n_split,  # number of key splits
+    NORMALIZE: tl.constexpr, SCALE_G: tl.constexpr, NEED_PS: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_D: tl.constexpr,  # next power of two >= D
+):
+    # split-K combine: the partial sums added in split order (deterministic), then the epilogue
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    d = tl.arange(0, BLOCK_D)
+    offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
+    dmask = row_mask[:, None] & (d < D)[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    ps = tl.zeros([BLOCK_M], tl.float32)
+    for s in range(0, n_split):
+        part = tl.cast(s, tl.int64) * M + rows.to(tl.int64)
+        acc += tl.load(PACC + part[:, None] * D + d[None, :], mask=dmask, other=0.0)
+        if NEED_PS:
+            ps += tl.load(PPS + part, mask=row_mask, other=0.0)
+    _nt_xent_bwd_epilogue(acc, ps, Z, RN, TAU, GRAD, DZ, RAD, row0, rows, row_mask, d, offs_m,
+                          _g_scale(RN_MAX, NORMALIZE, SCALE_G), M, D, self_offset, NORMALIZE, NEED_PS)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -29,15 +29,19 @@ def rank() -> int:
     return 0
 
 
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated on dim 0 (rank order), no gradient: one ``all_gather``."""
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=0)
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ws = dist.get_world_size()
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(ws)]
-        dist.all_gather(parts, x)
         ctx.rows = x.shape[0]
-        return torch.cat(parts, dim=0)
+        return all_gather(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -52,14 +52,23 @@ Numerics contract (what tests/ops/test_nt_xent.py enforces):
 - deterministic: no atomics, fixed reduction order: same inputs on the same device -> the same bits
   for the loss and the gradients.
 
+Split-K (Triton): when the row blocks are fewer than the device's SMs (small batches), the key range
+is split across a second grid axis and the partial (max, sum-exp) / gradient sums are combined in
+split order by a small kernel (no atomics: still bitwise reproducible on a given device); see
+``key_splits``.
+
 Distributed (``gather=True`` with an initialized process group of world size W > 1): every rank
-scores its local 2n rows [z1_r; z2_r] against all ranks' rows (gathered with
-``all_gather_with_grad``; the backward reduce-scatters the keys' gradients to their owners) and
-returns its LOCAL contribution: the mean over its own 2n rows of the loss against the global batch
-of 2nW views. So mean_r(loss_r) equals the single-process loss over the global batch, and rank r's
-gradient is d(sum_r loss_r)/dz_r = W * dL_global/dz_r: after DDP's gradient averaging (1/W) the
-parameters receive exactly the single-process global gradient. Every rank must use the same local
-batch size and call backward. Without a process group (or W = 1) gather=True is gather=False.
+scores its local 2n rows [z1_r; z2_r] against all ranks' rows (all-gathered) and returns its LOCAL
+contribution: the mean over its own 2n rows of the loss against the global batch of 2nW views. The
+forward also all-gathers the per-row lse (2nW floats); the backward then computes each rank's own
+rows' complete gradient in one pass over (local rows x all rows) tiles (``_GatheredNtXent``: the
+similarity is symmetric, so the keys' side of the gradient is P_ji = exp(s_ij - lse_j)), and only
+all-gathers the W upstream gradients: no dk pass and no [2nW, D] reduce-scatter
+(``GATHER_BACKWARD = "reduce_scatter"`` selects the previous path, kept for comparison). So
+mean_r(loss_r) equals the single-process loss over the global batch, and rank r's gradient is
+d(sum_r loss_r)/dz_r = W * dL_global/dz_r: after DDP's gradient averaging (1/W) the parameters
+receive exactly the single-process global gradient. Every rank must use the same local batch size
+and call backward. Without a process group (or W = 1) gather=True is gather=False.
 """
 
 from __future__ import annotations
@@ -82,7 +91,7 @@ except ImportError:  # pragma: no cover
     triton = tl = K = None
 
 from fastssl.ops._backend import choose_backend
-from fastssl.ops.distributed import all_gather_with_grad, rank, world_size
+from fastssl.ops.distributed import all_gather, all_gather_with_grad, rank, world_size
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Blockwise path: at most this many similarities per row block (16 MB in fp32); the backward holds
@@ -319,21 +328,91 @@ def rnorm_plan(x: Tensor, rn: Tensor, arch) -> list:
              dict(BLOCK_R=block_r, BLOCK_D=min(block_d_for(d), 128), num_warps=1 if arch is None else 4))]
 
 
-def fwd_plan(q, k, rnq, rnk, pos, tau, lse, loss, *, self_offset, exclude_self, pos_half, normalize, arch):
+# Split-K (small batches): when the row blocks are fewer than the device's SMs, the key range is split
+# across a second grid axis; each split writes partial (max, sum-exp) rows (forward) or partial
+# gradient sums (backward) to a buffer and a small combine kernel adds them in split order: no atomics,
+# so the same inputs on the same device give the same bits. The split count comes from the device's SM
+# count; the Triton interpreter (tests) pretends to have INTERPRETER_SMS so that small shapes split.
+SPLIT_K: int | None = None  # None: automatic; an int forces the number of splits (tests, benches)
+MAX_SPLIT = 8  # at most this many key splits
+MIN_SPLIT_TILES = 4  # on a GPU every split walks at least this many key tiles (amortizes its partial write)
+INTERPRETER_SMS = 4
+
+
+@cache
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sms(x: Tensor, arch, sms: int | None) -> int:
+    """Streaming multiprocessors to fill: the device's count (the interpreter's pretend count; 1 for a
+    plan built from CPU tensors for a real arch, i.e. the ahead-of-time compile test, unless given)."""
+    if sms is not None:
+        return sms
+    if arch is None:
+        return INTERPRETER_SMS
+    return _device_sms(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+        if x.is_cuda else 1
+
+
+def key_splits(row_blocks: int, nk: int, block_n: int, sms: int, interpreter: bool) -> tuple[int, int]:
+    """(number of key splits, keys per split): split when ``row_blocks`` programs leave SMs idle, so that
+    about ``sms`` programs run; each split a whole number of BLOCK_N tiles. ``SPLIT_K`` overrides."""
+    tiles = triton.cdiv(max(nk, 1), block_n)
+    if SPLIT_K is not None:
+        want = SPLIT_K
+    elif row_blocks >= sms:
+        want = 1
+    else:
+        want = min(MAX_SPLIT, triton.cdiv(sms, row_blocks), max(1, tiles // (1 if interpreter else MIN_SPLIT_TILES)))
+    chunk_tiles = triton.cdiv(tiles, max(1, min(want, tiles)))
+    return triton.cdiv(tiles, chunk_tiles), chunk_tiles * block_n
+
+
+def fwd_plan(q, k, rnq, rnk, pos, tau, lse, loss, *, self_offset, exclude_self, pos_half, normalize, arch, sms=None):
     m, d = q.shape
+    nk = k.shape[0]
     cfg = triton_config("fwd", q.dtype, d, arch)
-    kw = dict(EXCLUDE_SELF=exclude_self, POS_HALF=pos_half, NORMALIZE=normalize, **_common(q, cfg, d))
-    args = (q, k, rnq, rnk, pos, tau, lse, loss, m, k.shape[0], d, self_offset, m // 2)
-    return [(K._info_nce_fwd_kernel, (triton.cdiv(m, cfg["BLOCK_M"]),), args, kw)]
+    flags = dict(EXCLUDE_SELF=exclude_self, POS_HALF=pos_half, NORMALIZE=normalize)
+    kw = dict(**flags, **_common(q, cfg, d))
+    row_blocks = triton.cdiv(m, cfg["BLOCK_M"])
+    n_split, chunk = key_splits(row_blocks, nk, cfg["BLOCK_N"], _sms(q, arch, sms), arch is None)
+    if n_split == 1:
+        args = (q, k, rnq, rnk, pos, tau, lse, loss, lse, loss, m, nk, d, self_offset, m // 2, chunk)
+        return [(K._info_nce_fwd_kernel, (row_blocks, 1), args, dict(kw, SPLIT_K=False))]
+    pm = torch.empty(n_split, m, dtype=torch.float32, device=q.device)
+    pl = torch.empty(n_split, m, dtype=torch.float32, device=q.device)
+    args = (q, k, rnq, rnk, pos, tau, lse, loss, pm, pl, m, nk, d, self_offset, m // 2, chunk)
+    combine = (q, k, rnq, rnk, pos, tau, lse, loss, pm, pl, m, nk, d, self_offset, m // 2, n_split)
+    return [(K._info_nce_fwd_kernel, (row_blocks, n_split), args, dict(kw, SPLIT_K=True)),
+            (K._info_nce_fwd_combine_kernel, (row_blocks,), combine,
+             dict(**flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"]))]
 
 
-def nt_xent_bwd_plan(z, rn, rn_max, lse, tau, grad, dz, rad, *, normalize, arch):
-    r, d = z.shape
+def nt_xent_bwd_plan(z, rn, rn_max, lse, tau, grad, dz, rad, *, normalize, arch, m=None, self_offset=0, wcol=None,
+                     need_ps=False, sms=None):
+    """Symmetric backward for rows z[self_offset : self_offset + m] (default: all) against every row of z;
+    ``wcol`` (gathered): per-row weights, ``grad`` then holds their scale (see _nt_xent_gathered_bwd);
+    ``need_ps``: ``rad`` receives sum_j P_ij s_ij instead of the radial terms."""
+    nk, d = z.shape
+    m = nk if m is None else m
     cfg = triton_config("bwd", z.dtype, d, arch)
-    kw = dict(NORMALIZE=normalize, SCALE_G=z.dtype == torch.float16, IN_DTYPE=_tl_dtype(z.dtype),
-              **_common(z, cfg, d))
-    args = (z, rn, rn_max, lse, tau, grad, dz, rad, r, r // 2, d)
-    return [(K._nt_xent_bwd_kernel, (triton.cdiv(r, cfg["BLOCK_M"]),), args, kw)]
+    flags = dict(NORMALIZE=normalize, SCALE_G=z.dtype == torch.float16)
+    kw = dict(**flags, WEIGHTED=wcol is not None, NEED_PS=need_ps, IN_DTYPE=_tl_dtype(z.dtype), **_common(z, cfg, d))
+    row_blocks = triton.cdiv(m, cfg["BLOCK_M"])
+    n_split, chunk = key_splits(row_blocks, nk, cfg["BLOCK_N"], _sms(z, arch, sms), arch is None)
+    w = rn if wcol is None else wcol
+    if n_split == 1:
+        args = (z, rn, rn_max, lse, w, tau, grad, dz, rad, dz, rad, m, nk, m // 2, d, self_offset, chunk)
+        return [(K._nt_xent_bwd_kernel, (row_blocks, 1), args, dict(kw, SPLIT_K=False))]
+    pacc = torch.empty(n_split, m, d, dtype=torch.float32, device=z.device)
+    pps = torch.empty(n_split, m, dtype=torch.float32, device=z.device) if need_ps else rad
+    args = (z, rn, rn_max, lse, w, tau, grad, dz, rad, pacc, pps, m, nk, m // 2, d, self_offset, chunk)
+    combine = (z, rn, rn_max, tau, grad, dz, rad, pacc, pps, m, d, self_offset, n_split)
+    return [(K._nt_xent_bwd_kernel, (row_blocks, n_split), args, dict(kw, SPLIT_K=True)),
+            (K._nt_xent_bwd_combine_kernel, (row_blocks,), combine,
+             dict(**flags, NEED_PS=need_ps, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"],
+                  num_warps=cfg["num_warps"]))]
 
 
 def info_nce_bwd_plan(q, k, rnq, rnk, rnq_max, rnk_max, pos, lse, tau, grad, dq, dk, rad, *, self_offset,
@@ -486,6 +565,33 @@ def _blockwise_info_nce_backward(u, v, pos, lse, tau, self_offset, need_dq, need
     return du, dv
 
 
+def _blockwise_nt_xent_gathered_backward(v, offset, m, lse, tau, w, need_ps):
+    """d(sum_r w_r L_r)/du for the m local rows v[offset : offset + m] (gathered symmetric loss; v: every
+    rank's normalized rows, lse: every row's lse, w: each row's rank's upstream gradient), and with
+    ``need_ps`` the rows' sum_j P_ij s_ij (else None)."""
+    nk = v.shape[0]
+    du = v.new_empty(m, v.shape[1])
+    ps = v.new_empty(m) if need_ps else None
+    vt, inv_tau, bm = v.t(), 1.0 / tau, _row_block(nk)
+    w_row = w[offset]
+    for r0 in range(0, m, bm):
+        r1 = min(m, r0 + bm)
+        s = torch.mm(v[offset + r0:offset + r1], vt).mul_(inv_tau)
+        if need_ps:
+            p_ij = torch.sub(s, lse[offset + r0:offset + r1, None]).exp_()
+            p_ij.diagonal(offset + r0).zero_()
+            ps[r0:r1] = torch.linalg.vecdot(p_ij, s)
+            del p_ij
+        s.diagonal(offset + r0).fill_(float("-inf"))
+        p_ji = torch.sub(s, lse[None, :]).exp_().mul_(w[None, :])
+        g = s.sub_(lse[offset + r0:offset + r1, None]).exp_().mul_(w_row).add_(p_ji)  # w_r P_ij + w_j P_ji
+        del p_ji
+        rows = torch.arange(r1 - r0, device=v.device)
+        g[rows, offset + (rows + r0 + m // 2) % m] -= 2.0 * w_row
+        torch.mm(g, v, out=du[r0:r1])
+    return du.mul_(1.0 / (m * tau)), ps
+
+
 def _native_nt_xent_fwd(z, tau, normalize):
     with _no_autocast(z):
         u, rn = _unit_rows(z, normalize)
@@ -629,6 +735,117 @@ def _nt_xent_backward(ctx, grad, _grad_lse, _grad_rn):
 
 
 nt_xent_fwd.register_autograd(_nt_xent_backward, setup_context=_nt_xent_setup)
+
+
+# gather=True backward without the keys' gradient (see _GatheredNtXent)
+
+
+def _native_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps):
+    with _no_autocast(keys):
+        m = keys.shape[0] // grads.shape[0]
+        v = keys.to(rnk.dtype) * rnk[:, None] if normalize else keys.to(rnk.dtype)
+        w = grads.to(rnk.dtype).repeat_interleave(m)
+        gu, ps = _blockwise_nt_xent_gathered_backward(v, offset, m, lse, tau, w, need_ps)
+        dz, _ = _normalize_backward(gu, v[offset:offset + m], rnk[offset:offset + m], normalize)
+        return dz.to(keys.dtype), (ps if need_ps else lse.new_empty(0))
+
+
+def _triton_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps):
+    m = keys.shape[0] // grads.shape[0]
+    d = keys.shape[1]
+    keys = _pad16(keys)
+    g = grads.float()
+    # weights in [-1, 1] keep |G| <= 2 (the fp16 G scale's assumption); their scale goes to the epilogue
+    gmax = g.abs().amax().reshape(1)
+    gmax = torch.where(gmax > 0, gmax, torch.ones_like(gmax))
+    wcol = (g / gmax).repeat_interleave(m)
+    dz = keys.new_empty(m, keys.shape[1])
+    rad = torch.empty(m, dtype=torch.float32, device=keys.device)
+    _launch(nt_xent_bwd_plan(keys, rnk, _rn_max(rnk, keys, normalize), lse, tau.float(), gmax, dz, rad,
+                             normalize=normalize, arch=_arch(keys), m=m, self_offset=offset, wcol=wcol,
+                             need_ps=need_ps), keys)
+    return _unpad(dz, d), (rad if need_ps else rad.new_empty(0))
+
+
+@custom_op("fastssl::nt_xent_gathered_bwd_native", mutates_args=())
+def nt_xent_gathered_bwd_native(grads: Tensor, keys: Tensor, tau: Tensor, lse: Tensor, rnk: Tensor, offset: int,
+                                normalize: bool, need_ps: bool) -> tuple[Tensor, Tensor]:
+    return _native_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
+
+
+def _gathered_bwd_fake(grads, keys, lse, need_ps):
+    m = keys.shape[0] // grads.shape[0]
+    return keys.new_empty(m, keys.shape[1]), lse.new_empty(m if need_ps else 0)
+
+
+@nt_xent_gathered_bwd_native.register_fake
+def _(grads, keys, tau, lse, rnk, offset, normalize, need_ps):
+    return _gathered_bwd_fake(grads, keys, lse, need_ps)
+
+
+@triton_op("fastssl::nt_xent_gathered_bwd", mutates_args=())
+def nt_xent_gathered_bwd(grads: Tensor, keys: Tensor, tau: Tensor, lse: Tensor, rnk: Tensor, offset: int,
+                         normalize: bool, need_ps: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """Gathered NT-Xent: d(sum_r grads[r] L_r)/dz for this rank's m = 2nW / W rows keys[offset : offset + m].
+    grads [W] every rank's upstream gradient, keys [2nW, D] every rank's raw rows, lse [2nW] every row's
+    lse, rnk [2nW] their inverse norms. Returns ([m, D] in the keys' dtype, and with ``need_ps`` the
+    rows' sum_j P_ij s_ij [m] (natural logits; else empty), for dL/dtau)."""
+    if backend != "triton":
+        return torch.ops.fastssl.nt_xent_gathered_bwd_native(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
+    return _triton_nt_xent_gathered_bwd(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
+
+
+@nt_xent_gathered_bwd.register_kernel("cpu")
+def _(grads, keys, tau, lse, rnk, offset, normalize, need_ps, backend):
+    fn = _triton_nt_xent_gathered_bwd if backend == "triton" else _native_nt_xent_gathered_bwd
+    return fn(grads, keys, tau, lse, rnk, offset, normalize, need_ps)
+
+
+# "one_pass": gather=True uses _GatheredNtXent; "reduce_scatter": the keys' gradient goes back through
+# all_gather_with_grad (the path before; kept for comparison in tests and benches/bench_nt_xent_gather.py)
+GATHER_BACKWARD = "one_pass"
+
+
+class _GatheredNtXent(torch.autograd.Function):
+    """gather=True, one-pass backward. Forward: all-gather the raw rows Z (2nW x D), score the local
+    rows against them, then all-gather the per-row lse (2nW floats). The sum over ranks of the local
+    losses, T = sum_r g_r L_r (L_r a mean over rank r's 2n rows, g_r its upstream gradient), depends
+    on s_ik = <u_i, u_k>/tau through every row's loss; s is symmetric, so for a local row k
+
+        dT/du_k = 1/(2n tau) [sum_j (g_r P_kj + g_own(j) P_jk) u_j - 2 g_r u_pos(k)],
+        P_ij = exp(s_ij - lse_i), P_ii = 0,
+
+    with pos(k) local (pos(pos(k)) = k, so both positive terms carry g_r). Each rank computes its own
+    rows' complete gradient in one pass over (local rows x all rows) tiles: no dk pass, no [2nW, D]
+    reduce-scatter; the backward only all-gathers the W upstream gradients. dtau (learnable
+    temperature) is rank r's own g_r dL_r/dtau, as before: with s_ij = c_ij / tau,
+    dL_r/dtau = -1/(2n tau) sum_k (sum_j P_kj s_kj - s_k,pos(k)) = -(1/tau) (mean_k (PS_k - lse_k) + L_r),
+    PS_k = sum_j P_kj s_kj summed by the same pass (s_k,pos = lse_k - loss_k)."""
+
+    @staticmethod
+    def forward(ctx, z, t, normalize, backend):
+        m = z.shape[0]
+        offset = rank() * m
+        keys = all_gather(z)
+        pos = _nt_xent_positives(m, offset, z.device)
+        loss, lse, _, rnk = torch.ops.fastssl.info_nce_fwd(z, keys, pos, t, normalize, offset, True, backend)
+        lse_all = all_gather(lse)
+        ctx.save_for_backward(keys, t, loss, lse, lse_all, rnk)
+        ctx.args = (offset, normalize, backend)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        keys, t, loss, lse, lse_all, rnk = ctx.saved_tensors
+        offset, normalize, backend = ctx.args
+        need_dtau = ctx.needs_input_grad[1]
+        grads = all_gather(grad.detach().reshape(1).to(lse.dtype))
+        dz, ps = torch.ops.fastssl.nt_xent_gathered_bwd(grads, keys, t, lse_all, rnk, offset, normalize, need_dtau,
+                                                        backend)
+        dtau = None
+        if need_dtau:
+            dtau = ((-grad / t) * ((ps.to(lse.dtype) - lse).mean() + loss)).to(t.dtype)
+        return dz, dtau, None, None
 
 
 @custom_op("fastssl::info_nce_fwd_native", mutates_args=())
@@ -792,6 +1009,8 @@ def nt_xent(z1, z2, temperature=0.1, normalize=True, gather=False):
     ws = world_size() if gather else 1
     if ws == 1:
         return torch.ops.fastssl.nt_xent_fwd(z, t, normalize, backend)[0]
+    if GATHER_BACKWARD == "one_pass":
+        return _GatheredNtXent.apply(z, t, normalize, backend)
     offset = rank() * z.shape[0]
     keys = all_gather_with_grad(z)
     pos = _nt_xent_positives(z.shape[0], offset, z.device)

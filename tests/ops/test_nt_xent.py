@@ -502,6 +502,17 @@ def test_opcheck(be, on):
     torch.library.opcheck(ops.info_nce_bwd.default, (g, q.detach(), k.detach(), pos, tau.detach(), lse.detach(),
                                                      rnq.detach(), rnk.detach(), True, 0, False, True, True, True,
                                                      name))
+    # gathered backward (the distributed one pass): 2 simulated ranks of 2n = 6 rows
+    zg = torch.randn(12, 8, device=dev)
+    lse_all = []
+    for r in range(2):
+        pos_r = ntx._nt_xent_positives(6, 6 * r, zg.device)
+        _, lse_r, _, rn_all = ops.info_nce_fwd(zg[6 * r:6 * r + 6], zg, pos_r, tau.detach(), True, 6 * r, True, name)
+        lse_all.append(lse_r)
+    torch.library.opcheck(ops.nt_xent_gathered_bwd.default, (torch.tensor([1.0, 0.5], device=dev), zg, tau.detach(),
+                                                             torch.cat(lse_all), rn_all, 6, True, False, name))
+    torch.library.opcheck(ops.nt_xent_gathered_bwd.default, (torch.tensor([1.0, 0.5], device=dev), zg, tau.detach(),
+                                                             torch.cat(lse_all), rn_all, 0, False, True, name))
 
 
 @pytest.mark.parametrize("be", [pytest.param(NATIVE, id="native"), CUDA])

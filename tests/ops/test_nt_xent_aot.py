@@ -53,6 +53,16 @@ def _plans(dtype, d: int, n: int, arch):
                                                    exclude_self=False, pos_half=False, normalize=normalize, arch=arch)
         plans["bwd_nt_xent" + tag] = ntx.nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z), rad,
                                                           normalize=normalize, arch=arch)
+        # split-K (row blocks < SMs: N=4096 on a 132-SM H100/H200 splits both) and the gathered backward
+        # (rank 1 of 4, per-row weights)
+        plans["fwd_nt_xent/split" + tag] = ntx.fwd_plan(z, z, rn, rn, pos, one, lse, loss, self_offset=0,
+                                                        exclude_self=True, pos_half=True, normalize=normalize,
+                                                        arch=arch, sms=132)
+        plans["bwd_nt_xent/split" + tag] = ntx.nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z), rad,
+                                                                normalize=normalize, arch=arch, sms=132)
+        plans["bwd_gathered" + tag] = ntx.nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z[:r // 4]),
+                                                           rad, normalize=normalize, arch=arch, m=r // 4,
+                                                           self_offset=r // 4, wcol=rn)
         dq = torch.empty_like(z)
         plans["bwd_dq_dk" + tag] = ntx.info_nce_bwd_plan(z, z, rn, rn, one, one, pos, lse, one, one, dq,
                                                          torch.empty_like(z), rad, self_offset=r, exclude_self=True,
