@@ -116,8 +116,10 @@ def test_visualize_is_deterministic_and_keeps_global_rng(tmp_path):
     with torch.no_grad():
         m.visualize(views, torch.zeros(3), tmp_path / "a.png", 0)
         torch.manual_seed(123)
-        m.visualize(views, torch.zeros(3), tmp_path / "b.png", 1)
-    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+        m.visualize(views, torch.zeros(3), tmp_path / "b.png", 0)
+        m.visualize(views, torch.zeros(3), tmp_path / "c.png", 1)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # same masks, same picture
+    assert (tmp_path / "c.png").is_file()
     from PIL import Image
 
     a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
