@@ -163,8 +163,9 @@ class Halves(Method):
         return {"jitter": s, "hue": min(s / 4, 0.5), "scale": (self.cfg["min_scale"], 1.0)}
 
     def embed_halves(self, views, masks, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """(z1, z2) projections [N, proj_dim] (fp32, or fp64 for a fp64 model) of the two halves, and the latents [N, 1+K, D] of
-        each (for the reconstruction). One encoder pass over both halves (2N samples of K tokens)."""
+        """(z1, z2) projections [N, proj_dim] (fp32, or fp64 for a fp64 model) of the two halves, and the
+        latents [N, 1+K, D] of each (for the reconstruction). One encoder pass over both halves (2N samples
+        of K tokens)."""
         (ids1, _, _), (ids2, _, _) = masks
         latent = mae_encode(self.backbone, torch.cat(views), torch.cat([ids1, ids2]), fused)
         pooled = latent[:, 1:].mean(dim=1)  # the backbone's pool="mean": patch tokens, no cls
