@@ -8,6 +8,7 @@ from fastssl.methods import (  # noqa: F401  (each import registers its method)
     colorize,
     context,
     denoise,
+    halves,
     inpaint,
     jigsaw,
     mae,

@@ -5,7 +5,8 @@ A frozen teacher (the backbone of another fastssl run, ``--teacher RUN``) gives 
 ``--vocab-size`` K visual words is fit on them by k-means (on the device, k-means++ seeding with a
 fixed seed, progress bar; cached under ``$FASTSSL_CACHE/bow``). Each image's target is its
 bag-of-words: the histogram of the nearest word of every local feature of the teacher's view,
-normalized to sum 1 (hard assignment; the paper also describes a soft one). The student (the
+normalized to sum 1 (``--assign hard``, the default), or the mean of every local feature's soft
+assignment over the words (``--assign soft``, :func:`soft_bow_histogram`). The student (the
 backbone being trained) sees a differently augmented view of the same image (two views of the
 ``simclr`` recipe: the teacher gets the first, the student the second) and predicts the histogram
 with a cosine-similarity linear layer with a learned scale (Sec. 3.2) trained by soft cross-entropy
@@ -72,6 +73,27 @@ def stage_features(backbone: nn.Module, x: torch.Tensor, layer: int) -> torch.Te
     return x
 
 
+def soft_bow_histogram(features: torch.Tensor, vocab: torch.Tensor, inv_delta: float = 15.0) -> torch.Tensor:
+    """Soft bag-of-words: local features ``[B, L, C]`` and words ``[K, C]`` -> ``[B, K]`` float32, rows sum to 1.
+
+    Each feature u gets the codes softmax_k(-(inv_delta / mu) ||u - v_k||^2), with mu the mean over the batch's
+    features of the squared distance to their nearest word (so inv_delta is scale-free); the histogram is the
+    mean of the codes over the L positions. As inv_delta -> inf (temperature -> 0) the codes become one-hot on
+    the nearest word and the histogram equals :func:`bow_histogram` of the hard assignment.
+
+    Source: the soft assignment of the authors' code, OBoW (Gidaris et al. 2021, valeoai/obow
+    ``BoWExtractor.forward``: ``softmax(-inv_delta / min_distance_mean * dist)``, inv_delta 15 for ImageNet);
+    OBoW tracks mu with an exponential moving average because its vocabulary changes online, ours is fixed, so
+    the batch's own mean is used. OBoW max-pools the codes; here they are averaged, as the hard histogram.
+    """
+    b, n, c = features.shape
+    f = features.reshape(-1, c).float()
+    dist = torch.cdist(f, vocab.float(), compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # [B*L, K]
+    mu = dist.min(dim=1).values.mean().clamp_min(torch.finfo(torch.float32).tiny)
+    codes = torch.softmax(-(inv_delta / mu) * dist, dim=1)
+    return codes.view(b, n, -1).mean(dim=1)
+
+
 def bow_histogram(words: torch.Tensor, k: int) -> torch.Tensor:
     """Word indices ``[B, L]`` (int64) -> normalized histograms ``[B, k]`` (float32, each row sums to 1)."""
     b, n = words.shape
@@ -97,6 +119,12 @@ class BoW(Method):
                        help="training images whose teacher features the k-means vocabulary is fit on")
         g.add_argument("--kmeans-iters", type=positive_int, default=30, help="Lloyd iterations")
         g.add_argument("--min-scale", type=float, default=0.35, help="smallest random-resized-crop area")
+        g.add_argument("--assign", choices=["hard", "soft"], default="hard",
+                       help="word assignment of each local feature: nearest word (hard) or softmax over the words "
+                            "(soft, see --inv-delta)")
+        g.add_argument("--inv-delta", type=ranged(float, 0, lo_open=True), default=15.0,
+                       help="--assign soft: inverse temperature, relative to the mean squared distance to the "
+                            "nearest word (the authors' OBoW code: 15)")
 
     @classmethod
     def check_config(cls, cfg):
@@ -180,6 +208,8 @@ class BoW(Method):
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized BoW histograms ``[B, K]`` of the teacher's view ``x``."""
         f = self._local(x)
+        if self.cfg.get("assign", "hard") == "soft":
+            return soft_bow_histogram(f, self.vocab, self.cfg.get("inv_delta", 15.0))
         b, n, c = f.shape
         words = assign(f.reshape(-1, c), self.vocab.float()).view(b, n)
         return bow_histogram(words, self.vocab.shape[0])

@@ -14,8 +14,19 @@ code's ``overlapPred``, 4 px of a 64 px centre) keeps a band of P px inside the 
 to the encoder while the loss still covers the whole square, with weight ``--overlap-weight`` (10 in
 the released code) on that band and 1 inside.
 
-Not implemented: the adversarial term (L_adv, Sec. 3.2) of the paper's joint loss; this is the
-paper's "L2 only" variant, which its Table 2 reports for feature learning.
+Adversarial term (Sec. 3.2), off by default (the paper's "L2 only" variant, which its Table 2 reports
+for feature learning): ``--adv-weight w > 0`` adds a discriminator D (fastssl.models.discriminator,
+DCGAN-style as the released netD) on the inpainted region (the centre square, or the whole image with
+the prediction pasted into the removed blocks) and trains the joint loss
+L = (1 - w) L_rec + w L_adv (the paper: w = 0.001). One backward, one optimizer step for everything
+(the trainer builds a single optimizer over all the method's parameters, so D's are in it; AdamW
+normalizes each parameter's step, so the two players' losses need no common scale):
+- D's loss, BCE(D(real), 1) + BCE(D(fake.detach()), 0), reaches D's parameters only (fake detached);
+- the generator's non-saturating loss BCE(D(fake), 1) (Goodfellow et al. 2014) runs D with its
+  parameters detached (``torch.func.functional_call``), so it reaches the encoder / decoder only.
+The returned loss is (1 - w) L_rec + w L_G + L_D (metrics ``rec``, ``adv_g``, ``adv_d``). Unlike the
+released code, D and the generator step together (simultaneous, not alternating, updates), with the
+run's optimizer and learning rate.
 """
 
 from __future__ import annotations
@@ -23,11 +34,15 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
+from fastssl.argtypes import ranged
 from fastssl.errors import ConfigError
 from fastssl.methods.base import Method, register
 from fastssl.methods.generative import image_decoder, non_negative, positive_int, require_resnet
 from fastssl.models.decoder import ChannelwiseFC, feature_stride
+from fastssl.models.discriminator import Discriminator
 from fastssl.viz import denormalize, save_grid
 
 
@@ -91,6 +106,11 @@ class Inpaint(Method):
                        help="px of the centre square left visible but still reconstructed (paper's code: 4 of 64)")
         g.add_argument("--overlap-weight", type=non_negative, default=10.0,
                        help="loss weight of the overlap band (paper's code: 10)")
+        g.add_argument("--adv-weight", type=ranged(float, 0, 1, hi_open=True), default=0.0,
+                       help="adversarial weight w in [0, 1): loss (1-w) L2 + w L_adv with a discriminator on the "
+                            "inpainted region (0: off, L2 only; the paper: 0.001)")
+        g.add_argument("--disc-width", type=positive_int, default=32,
+                       help="discriminator width (first conv's channels; the released code: 64)")
 
     @classmethod
     def check_config(cls, cfg):
@@ -109,6 +129,10 @@ class Inpaint(Method):
         h = self._feature_size(s)
         self.bottleneck = ChannelwiseFC(self.backbone.feature_dim, h, h)
         self.decoder = image_decoder(self.backbone, s)
+        self.adv_weight = cfg.get("adv_weight", 0.0)
+        self.discriminator = None
+        if self.adv_weight > 0:
+            self.discriminator = Discriminator(3, self._adv_size(s), cfg.get("disc_width", 32))
 
     def _feature_size(self, s: int) -> int:
         with torch.no_grad():
@@ -132,13 +156,46 @@ class Inpaint(Method):
     def reconstruct(self, x_in: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.bottleneck(self.backbone.forward_features(x_in)))
 
+    def _adv_size(self, s: int) -> int:
+        """Side of what D sees: the centre square (--mask center) or the whole image (random blocks)."""
+        return max(1, round(self.cfg["hole"] * s)) if self.cfg["mask"] == "center" else s
+
+    def adv_region(self, x: torch.Tensor) -> torch.Tensor:
+        """What the discriminator judges: the centre square of ``x`` (--mask center) or all of it."""
+        if self.cfg["mask"] != "center":
+            return x
+        size = x.shape[-1]
+        side = self._adv_size(size)
+        lo = (size - side) // 2
+        return x[..., lo:lo + side, lo:lo + side]
+
+    def adversarial_losses(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_G, L_D) on D's regions ``real`` / ``fake`` [B, 3, s, s]: L_G = BCE(D(fake), 1) with D's
+        parameters detached (gradient to ``fake`` only), L_D = BCE(D(real), 1) + BCE(D(fake.detach()), 0)
+        (gradient to D only). fp32 scalars."""
+        d = self.discriminator
+        frozen = {name: p.detach() for name, p in d.named_parameters()}
+        g_logit = functional_call(d, frozen, (fake,)).float()
+        loss_g = F.binary_cross_entropy_with_logits(g_logit, torch.ones_like(g_logit))
+        r_logit, f_logit = d(real).float(), d(fake.detach()).float()
+        loss_d = (F.binary_cross_entropy_with_logits(r_logit, torch.ones_like(r_logit))
+                  + F.binary_cross_entropy_with_logits(f_logit, torch.zeros_like(f_logit)))
+        return loss_g, loss_d
+
     def forward(self, views, labels):
         x = views[0]
         removed, weight = self.masks(x)
         pred = self.reconstruct(x * (1 - removed).to(x.dtype))
         err = (pred.float() - x.float()) ** 2 * weight
         loss = err.sum() / (weight.sum() * x.shape[1]).clamp_min(1)
-        return loss, {}
+        if self.discriminator is None:
+            return loss, {}
+        region = (weight > 0).to(pred.dtype)
+        fake = self.adv_region(x * (1 - region) + pred * region)
+        loss_g, loss_d = self.adversarial_losses(self.adv_region(x), fake)
+        w = self.adv_weight
+        total = (1 - w) * loss + w * loss_g + loss_d
+        return total, {"rec": loss.detach(), "adv_g": loss_g.detach(), "adv_d": loss_d.detach()}
 
     def visualize(self, views, labels, path, epoch):
         x = views[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastssl.errors import ConfigError
-from fastssl.methods.bow import bow_histogram
+from fastssl.methods.bow import bow_histogram, soft_bow_histogram
 from fastssl.methods.kmeans import assign, kmeans, kmeans_pp_init, lloyd
 from fastssl.train import parse_config
 
@@ -65,12 +65,48 @@ def test_bow_histograms_sum_to_one_and_count_words():
     assert torch.equal(h, ref)
 
 
+def _soft_ref(f: np.ndarray, v: np.ndarray, inv_delta: float) -> np.ndarray:
+    """Soft BoW in float64 numpy with explicit loops (the spec of soft_bow_histogram)."""
+    b, n, _ = f.shape
+    d = np.array([[[((f[i, u] - vk) ** 2).sum() for vk in v] for u in range(n)] for i in range(b)])  # [B, L, K]
+    mu = d.min(-1).mean()
+    e = np.exp(-(inv_delta / mu) * (d - d.min(-1, keepdims=True)))
+    return (e / e.sum(-1, keepdims=True)).mean(1)
+
+
+def test_soft_bow_histograms_sum_to_one_and_tend_to_hard():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(3, 7, 5, generator=g)
+    vocab = torch.randn(6, 5, generator=g)
+    h = soft_bow_histogram(f, vocab, 15.0)
+    assert h.shape == (3, 6) and h.dtype == torch.float32
+    assert torch.allclose(h.sum(1), torch.ones(3), atol=1e-6) and (h > 0).all()
+    ref = _soft_ref(f.double().numpy(), vocab.double().numpy(), 15.0)
+    assert np.abs(h.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
+    hard = bow_histogram(assign(f.reshape(-1, 5), vocab).view(3, 7), 6)
+    assert (h - hard).abs().max() > 0.01  # soft at the default inverse temperature
+    # temperature -> 0 (inv_delta -> inf): the codes become one-hot on the nearest word
+    assert torch.allclose(soft_bow_histogram(f, vocab, 1e6), hard, atol=1e-6)
+    # scale-free: scaling features and words together leaves the codes unchanged
+    assert torch.allclose(soft_bow_histogram(10 * f, 10 * vocab, 15.0), h, atol=1e-5)
+
+
 def test_missing_teacher_is_one_line_error_through_the_cli(tmp_path, tiny_data):
     out = tmp_path / "run"
     r = _run(["--method", "bow", "--data", str(tiny_data), "--out", str(out)])
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("fastssl.train: error: --teacher is required") and "--method rotation" in last
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,needle", [(["--assign", "fuzzy"], "--assign"), (["--inv-delta", "0"], "--inv-delta")])
+def test_bad_assignment_flags_one_line_error(flags, needle, tmp_path, tiny_data):
+    out = tmp_path / "run"
+    r = _run(["--method", "bow", "--data", str(tiny_data), "--teacher", str(tmp_path), "--out", str(out), *flags])
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("fastssl.train: error:") and needle in last, r.stderr
     assert not out.exists()
 
 

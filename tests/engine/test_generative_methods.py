@@ -100,6 +100,50 @@ def test_inpaint_loss_only_on_the_removed_region(tiny_data):
     assert torch.allclose(m.reconstruct(x * (1 - removed)), m.reconstruct(x2 * (1 - removed)))
 
 
+def test_inpaint_adversarial_term_changes_the_loss_and_trains_its_discriminator(tiny_data):
+    from fastssl.optim import build_optimizer
+
+    x = torch.randn(4, 3, 32, 32)
+    plain = _method("inpaint", tiny_data)
+    adv = _method("inpaint", tiny_data, "--adv-weight", "0.001")
+    assert plain.discriminator is None and adv.discriminator is not None
+    # Same seed, same encoder/decoder weights: only the adversarial term differs.
+    common = {k: v for k, v in adv.state_dict().items() if not k.startswith("discriminator.")}
+    assert common.keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in common.items())
+    loss_plain, _ = plain([x], None)
+    loss_adv, met = adv([x], None)
+    assert set(met) == {"rec", "adv_g", "adv_d"}
+    assert torch.allclose(met["rec"], loss_plain)
+    expected = 0.999 * met["rec"] + 0.001 * met["adv_g"] + met["adv_d"]
+    assert torch.allclose(loss_adv, expected) and not torch.allclose(loss_adv, loss_plain)
+    # The discriminator's parameters are in the trainer's optimizer (built from all the method's parameters).
+    opt = build_optimizer("adamw", adv, 1e-3, 0.05)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    d_params = list(adv.discriminator.parameters())
+    assert d_params and all(id(p) in in_opt for p in d_params)
+    # Each player's loss reaches only its own parameters (one backward, one step).
+    removed, weight = adv.masks(x)
+    pred = adv.reconstruct(x * (1 - removed))
+    region = (weight > 0).float()
+    real, fake = adv.adv_region(x), adv.adv_region(x * (1 - region) + pred * region)
+    loss_g, loss_d = adv.adversarial_losses(real, fake)
+    g_params = list(adv.decoder.parameters()) + list(adv.backbone.parameters())
+    grads_g = torch.autograd.grad(loss_g, d_params + g_params, allow_unused=True)
+    assert all(g is None or g.abs().max() == 0 for g in grads_g[:len(d_params)])
+    assert max(g.abs().max() for g in grads_g[len(d_params):] if g is not None) > 0
+    grads_d = torch.autograd.grad(loss_d, d_params + g_params, allow_unused=True)
+    assert all(g is None or g.abs().max() == 0 for g in grads_d[len(d_params):])
+    assert max(g.abs().max() for g in grads_d[:len(d_params)] if g is not None) > 0
+    # The generator's term is the non-saturating BCE(D(fake), 1) on D's current weights.
+    logit = adv.discriminator(fake)
+    assert torch.allclose(loss_g, torch.nn.functional.softplus(-logit).mean(), atol=1e-6)
+    # D judges the centre square (the inpainted region), the whole image with random blocks.
+    assert real.shape[-1] == 16
+    rand = _method("inpaint", tiny_data, "--adv-weight", "0.5", "--mask", "random")
+    assert rand.adv_region(x).shape[-1] == 32 and torch.isfinite(rand([x], None)[0])
+
+
 # ----------------------------------------------------------------------------- colorize
 
 def test_colorize_targets_and_weights(tiny_data, fastssl_cache):
@@ -144,6 +188,9 @@ def test_colorize_targets_and_weights(tiny_data, fastssl_cache):
     (["--method", "inpaint", "--overlap", "20"], "--overlap 20"),
     (["--method", "inpaint", "--mask", "random", "--overlap", "2"], "--overlap"),
     (["--method", "inpaint", "--blocks", "0"], "--blocks"),
+    (["--method", "inpaint", "--adv-weight", "1"], "--adv-weight"),
+    (["--method", "inpaint", "--adv-weight", "-0.1"], "--adv-weight"),
+    (["--method", "inpaint", "--disc-width", "0"], "--disc-width"),
     (["--method", "colorize", "--rebalance-lambda", "2"], "--rebalance-lambda"),
     (["--method", "colorize", "--anneal-t", "0"], "--anneal-t"),
     (["--method", "colorize", "--arch", "vit_small"], "--arch vit_small"),
