@@ -4,6 +4,7 @@
     python -m fastssl.eval linear --checkpoint RUN_OR_CKPT [--data ROOT] [--epochs 100]
     python -m fastssl.eval knn    --checkpoint RUN --export backbone.safetensors   # backbone + metadata
     python -m fastssl.eval knn    --checkpoint backbone.safetensors --data ROOT    # an exported backbone
+    python -m fastssl.eval knn    --checkpoint RUN --data IMAGENET --val-list LOC_val_solution.csv  # flat val/
 
 Features are extracted once per split with the ``eval`` recipe (resize + center crop, no shuffling);
 val labels use the train split's class-to-index map. kNN: cosine similarity, the k nearest training
@@ -56,6 +57,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=at.device, default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--on-bad", default="error", choices=["error", "skip"],
                    help="bad image files: stop with their paths, or leave them out with a warning")
+    p.add_argument("--val-list", default=None,
+                   help="labels of a flat val folder (<data>/val/*.JPEG): '<file> <wnid>' lines or Kaggle's "
+                   "LOC_val_solution.csv (default: the run's --val-list when --data is not given)")
     p.add_argument("--export", default=None,
                    help="also write the backbone with its metadata (arch, width, stem/patch, image size) as "
                    "safetensors; rebuild it with fastssl.models.load_backbone(path)")
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.data or cfg.get("data") or demo_root())
     if not root.is_dir():
         raise DataError(f"--data: not a folder (or does not exist): {root}")
-    train_src, val_src = data_splits(root, on_bad=args.on_bad)
+    val_list = args.val_list or (cfg.get("val_list") if args.data is None else None)
+    train_src, val_src = data_splits(root, on_bad=args.on_bad, val_list=val_list)
     if val_src is None:
         raise DataError(f"--data {root} has no val/ split to evaluate on (expected {root}/train and {root}/val)")
     kw = dict(image_size=cfg["image_size"], device=device, batch_size=args.batch_size, num_threads=args.workers)
