@@ -171,7 +171,7 @@ class _DryRun:
             finally:
                 trainer.logger.close()
             if d.is_main:
-                self._report(result, trainer)
+                self._report(result, keep)
             return 0
         finally:
             if tmp is not None:
@@ -237,7 +237,7 @@ class _DryRun:
             "torch_threads": torch.get_num_threads(),
         }
 
-    def _report(self, r: dict, trainer) -> None:
+    def _report(self, r: dict, keep: bool) -> None:
         cfg = self.cfg
         batch = f"per-step batch {r['step_batch_size']}"
         if r["reduced_because"]:
@@ -263,5 +263,5 @@ class _DryRun:
               f"({IMAGENET_TRAIN_IMAGES:,} images) {_fmt_duration(per_epoch)}, the config's {cfg['epochs']} epochs "
               f"{_fmt_duration(per_epoch * cfg['epochs'])}")
         print(json.dumps({"dry_run": r}))
-        if cfg["out"] and Path(cfg["out"]).is_dir() and trainer.out == Path(cfg["out"]):
+        if keep:
             (Path(cfg["out"]) / "dryrun.json").write_text(json.dumps(r, indent=2) + "\n")
