@@ -110,6 +110,7 @@ def test_bad_list_through_the_cli_leaves_no_run_folder(official, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_knn_and_eval_use_the_list(official, tmp_path):
     out = tmp_path / "run"
     r = _cmd("fastssl.train", _train_flags(official, out, "--val-list", official / "LOC_val_solution.csv"))
