@@ -21,7 +21,8 @@ A reduced batch is said plainly in the output, with the config's batch beside it
 (gradient caching, where the method supports it) the config's full batch is kept and each step processes
 it in chunks: the step then costs what the real run's step costs.
 
-Run folder: none is left behind: the trainer works in a temporary folder, removed at exit; with ``--out``
+Run folder: none is left behind: the trainer works in a temporary folder, removed at exit (also on
+Ctrl-C or SIGTERM, which exit 130 / 143); with ``--out``
 the folder is kept with ``config.json``, the steps' ``metrics.jsonl`` and ``dryrun.json`` (no checkpoint).
 
 Methods may supply what a preset cannot hold through ``Method.dry_run_config`` (bow: without ``--teacher``
@@ -36,6 +37,7 @@ import json
 import math
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -104,10 +106,16 @@ def dry_run(cfg: dict) -> int:
 
     if cfg["resume"]:
         raise ConfigError("--dry-run times a freshly built model: drop --resume")
+
+    def stop(signum, frame):  # SIGTERM: unwind (the temporary run folder is removed), exit 128 + N
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
     d = setup_distributed(cfg["device"])
     try:
         return _DryRun(cfg, d).run()
     finally:
+        signal.signal(signal.SIGTERM, old)
         if dist.is_initialized():
             dist.destroy_process_group()
 
