@@ -166,14 +166,18 @@ class _DryRun:
         tmp = None if keep else tempfile.mkdtemp(prefix="fastssl-dryrun-")
         if not keep:
             cfg["out"] = tmp
-        cfg.update(quiet=True, eval="none", batch_size=step_batch)
+        cfg.update(eval="none", batch_size=step_batch)
         try:
             # Enough images for every step even after halving the batch down to 1 (the list is only repeated).
             sources = (_repeated(train_src, (self.steps + 1) * step_batch), val_src)
             _say(d, f"{cfg['method']} | {cfg['arch']} at {cfg['image_size']} px | data: {self.data_note} "
                  f"({len(train_src)} images, {len(train_src.classes)} classes) | "
                  + ("nothing is kept (temporary run folder)" if not keep else f"kept in {cfg['out']}"))
-            trainer = Trainer(cfg, d, sources=sources)
+            trainer = Trainer(cfg, d, sources=sources)  # set-up progress (colorize, bow) shows unless --quiet
+            trainer.progress.enabled = False  # the training bar: the dry run prints its own lines
+            if trainer.progress.bar is not None:
+                trainer.progress.bar.leave = False
+            trainer.progress.close()
             try:
                 result = self._measure(trainer, step_batch, preset_batch, reason)
             finally:
