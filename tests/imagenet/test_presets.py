@@ -83,7 +83,7 @@ def test_every_preset_builds_its_full_size_model_and_pipeline(method, imagenet_l
 
 def _run(args, cwd=None):
     return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=cwd)
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600, cwd=cwd)
 
 
 def test_config_finds_presets_by_name_and_by_repo_path(tmp_path, imagenet_like):
