@@ -45,7 +45,8 @@ ext_modules, cmdclass = _aot_extension() if os.environ.get("FASTSSL_AOT") == "1"
 setup(
     packages=PACKAGES,
     package_dir={"fastssl.kernels": "kernels", "fastssl.csrc": "csrc"},
-    package_data={"fastssl.csrc": ["*.cpp", "*.h", "cuda/*.cu", "cuda/*.h"]},
+    package_data={"fastssl.csrc": ["*.cpp", "*.h", "cuda/*.cu", "cuda/*.h"],
+                  "fastssl": ["configs/*/*.yaml"]},  # the training presets (fastssl.presets)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

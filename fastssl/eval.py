@@ -5,6 +5,7 @@
     python -m fastssl.eval knn    --checkpoint RUN --export backbone.safetensors   # backbone + metadata
     python -m fastssl.eval knn    --checkpoint backbone.safetensors --data ROOT    # an exported backbone
     python -m fastssl.eval linear --checkpoint RUN --random-init   # the baseline: the run's network at init
+    python -m fastssl.eval knn    --checkpoint RUN --data IMAGENET --val-list LOC_val_solution.csv  # flat val/
 
 Features are extracted once per split with the ``eval`` recipe (resize + center crop, no shuffling);
 val labels use the train split's class-to-index map. kNN: cosine similarity, the k nearest training
@@ -60,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="evaluate the run's network at the initialization it started from (same arch and "
                    "seed, weights not loaded): the baseline for the learned numbers")
+    p.add_argument("--val-list", default=None,
+                   help="labels of a flat val folder (<data>/val/*.JPEG): '<file> <wnid>' lines or Kaggle's "
+                   "LOC_val_solution.csv (default: the run's --val-list when --data is not given)")
     p.add_argument("--export", default=None,
                    help="also write the backbone with its metadata (arch, width, stem/patch, image size) as "
                    "safetensors; rebuild it with fastssl.models.load_backbone(path)")
@@ -111,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.data or cfg.get("data") or demo_root())
     if not root.is_dir():
         raise DataError(f"--data: not a folder (or does not exist): {root}")
-    train_src, val_src = data_splits(root, on_bad=args.on_bad)
+    val_list = args.val_list or (cfg.get("val_list") if args.data is None else None)
+    train_src, val_src = data_splits(root, on_bad=args.on_bad, val_list=val_list)
     if val_src is None:
         raise DataError(f"--data {root} has no val/ split to evaluate on (expected {root}/train and {root}/val)")
     if args.protocol == "knn" and args.k > len(train_src):

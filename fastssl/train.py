@@ -45,7 +45,8 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
                                 formatter_class=_HelpFormatter)
     names = ", ".join(sorted(METHODS)) or "(none registered)"
     p.add_argument("--method", default=None, help=f"SSL method: {names}")
-    p.add_argument("--config", default=None, help="JSON/YAML file of flag values (e.g. a run's config.json)")
+    p.add_argument("--config", default=None, help="JSON/YAML file of flag values (e.g. a run's config.json), or a "
+                   "packaged preset: imagenet/<method> (README \"Training on ImageNet\")")
     p.add_argument("--data", default=None, help="ImageNet-layout root (train/ [+ val/] of class folders); "
                    "default: the built-in demo dataset")
     p.add_argument("--arch", type=_arch, default="resnet18", help=f"backbone: {', '.join(ARCHS)}")
@@ -75,13 +76,21 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
                    help="bad image files (unreadable, not an image, truncated, corrupt body): stop with their "
                    "paths, or leave them out with a warning")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--val-list", default=None, help="labels of a flat val folder (the official layout: "
+                   "<data>/val/*.JPEG): '<file> <wnid>' lines or Kaggle's LOC_val_solution.csv")
+    p.add_argument("--dry-run", type=at.positive_int, default=None, metavar="N",
+                   help="build everything at the config's full size and time N training steps on a generated "
+                   "ImageNet-layout folder (or --data), then exit; no run folder is left unless --out is given")
+    p.add_argument("--dry-run-batch", type=at.positive_int, default=None, metavar="B",
+                   help="global per-step batch of --dry-run (default: the config's; on CPU at most 8; on a GPU "
+                   "halved until it fits)")
     return p
 
 
 def _read_config(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: file not found: {p}")
+    from fastssl.presets import resolve_config
+
+    p = resolve_config(path)  # a file, else a packaged preset (imagenet/simclr); ConfigError if neither
     try:
         text = p.read_text()
         if p.suffix in (".yaml", ".yml"):
@@ -148,11 +157,17 @@ def parse_config(argv: list[str] | None = None) -> dict:
     cfg = vars(parser.parse_args(argv))
     if cfg["method"] is None:
         raise ConfigError(f"choose a method with --method ({', '.join(sorted(METHODS))})")
+    if cfg["dry_run"]:  # values a dry run supplies that a preset cannot hold (bow: a stand-in teacher)
+        cfg.update(METHODS[cfg["method"]].dry_run_config(cfg))
     METHODS[cfg["method"]].check_config(cfg)
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"--warmup-epochs {cfg['warmup_epochs']:g} is longer than --epochs {cfg['epochs']}: "
                           "the learning rate would never reach its peak; lower --warmup-epochs")
     _check_recipe_options(cfg)
+    if cfg["val_list"] is not None:
+        cfg["val_list"] = str(Path(cfg["val_list"]).expanduser().resolve())
+        if not Path(cfg["val_list"]).is_file():
+            raise ConfigError(f"--val-list: file not found: {cfg['val_list']}")
     if cfg["data"] is not None:
         cfg["data"] = str(Path(cfg["data"]).expanduser().resolve())
         if not Path(cfg["data"]).is_dir():
@@ -202,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         from fastssl.trainer import train
 
         try:
+            if cfg["dry_run"]:
+                from fastssl.dryrun import dry_run
+
+                return dry_run(cfg)
             return train(cfg)
         except ConfigError as e:
             print(f"fastssl.train: error: {e}", file=sys.stderr)

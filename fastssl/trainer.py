@@ -116,7 +116,7 @@ def _data_sources(cfg: dict):
 
     if cfg["data"] is None:
         cfg["data"] = str(demo_root(seed=0))
-    return dataset_splits(Path(cfg["data"]), on_bad=cfg.get("on_bad", "error"))
+    return dataset_splits(Path(cfg["data"]), on_bad=cfg.get("on_bad", "error"), val_list=cfg.get("val_list"))
 
 
 def _autocast(cfg: dict, device: torch.device):
@@ -173,7 +173,8 @@ def train(cfg: dict) -> int:
 class Trainer:
     """One run: set-up (data, model, optimizer, resume) in __init__, the loop in run()."""
 
-    def __init__(self, cfg: dict, d):
+    def __init__(self, cfg: dict, d, sources=None):
+        """``sources``: (train, val or None) to use instead of ``cfg["data"]``'s (the dry run's)."""
         self.cfg, self.d = cfg, d
         device, ws = d.device, d.world_size
         resume_path = _resolve_resume(cfg)
@@ -184,7 +185,7 @@ class Trainer:
         if resume_path is None and (out / "last.pt").exists():
             raise ConfigError(f"run folder {out} already holds a checkpoint; continue it with --resume auto, "
                               "or choose another --out")
-        self.train_src, self.val_src = _data_sources(cfg)
+        self.train_src, self.val_src = sources or _data_sources(cfg)
         if cfg["batch_size"] % ws:
             raise ConfigError(f"--batch-size {cfg['batch_size']} is not divisible by the {ws} processes")
         local_bs = cfg["batch_size"] // ws

@@ -38,6 +38,9 @@ def test_wheel_contains_kernels_and_sources(tmp_path):
     for f in files:  # every tracked Triton kernel file is installed
         if f.startswith("kernels/") and f.endswith(".py"):
             assert "fastssl/" + f in names
+    presets = [f for f in files if f.startswith("fastssl/configs/") and f.endswith(".yaml")]
+    assert presets and all(p in names for p in presets), [p for p in presets if p not in names]
+    assert "fastssl/presets.py" in names
 
 
 @pytest.mark.slow

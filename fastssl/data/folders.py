@@ -337,15 +337,27 @@ def epoch_shard(src: ImageFolderSource, *, epoch: int, seed: int, shard_id: int 
     return [src.files[i] for i in idx], [src.labels[i] for i in idx]
 
 
-def dataset_splits(root: str | os.PathLike, *, on_bad: str = "error", verify: str = "auto"):
+def dataset_splits(root: str | os.PathLike, *, on_bad: str = "error", verify: str = "auto",
+                   val_list: str | os.PathLike | None = None):
     """(train source, val source or None) of a dataset root: ``root/train`` (+ ``root/val``) of class
     folders, or ``root/<class>`` (train only). The val split uses the train split's class-to-index map,
     so a val label always means the same class as in training (a val class unknown to train is a
-    ``DataError``)."""
+    ``DataError``). ``val_list``: the val split is the label file's images instead (the official flat
+    ``val/`` folder; fastssl.data.vallist), relative names under ``root/val`` (else the list's folder)."""
     root = Path(root).expanduser()
     kw = dict(on_bad=on_bad, verify=verify)
-    if (root / "train").is_dir():
-        train = ImageFolderSource(root, split="train", **kw)
-        val = ImageFolderSource(root, split="val", classes=train.classes, **kw) if (root / "val").is_dir() else None
-        return train, val
-    return ImageFolderSource(root, **kw), None
+    has_train = (root / "train").is_dir()
+    train = ImageFolderSource(root, split="train", **kw) if has_train else ImageFolderSource(root, **kw)
+    if val_list is not None:
+        from .vallist import read_val_list
+
+        return train, read_val_list(val_list, root / "val" if (root / "val").is_dir() else None, train.classes,
+                                    **kw)
+    if has_train and (root / "val").is_dir():
+        flat = any(f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in (root / "val").iterdir())
+        if flat and not any(d.is_dir() and not _is_hidden(d.name) for d in (root / "val").iterdir()):
+            raise DataError(f"{root / 'val'} holds images but no class folders (the official flat val layout): "
+                            "give its labels with --val-list FILE ('<file> <wnid>' lines or Kaggle's "
+                            "LOC_val_solution.csv)")
+        return train, ImageFolderSource(root, split="val", classes=train.classes, **kw)
+    return train, None

@@ -77,6 +77,12 @@ class Method(nn.Module):
     def check_config(cls, cfg: dict) -> None:
         """Raise fastssl.errors.ConfigError for a bad combination of flags (called after parsing)."""
 
+    @classmethod
+    def dry_run_config(cls, cfg: dict) -> dict:
+        """Flag values ``--dry-run`` sets before ``check_config`` when the config leaves them open: what a
+        preset cannot hold (bow: a teacher checkpoint). Default: none."""
+        return {}
+
     def visualize(self, views: list[torch.Tensor], labels: torch.Tensor, path: Path, epoch: int) -> None:
         """Write a PNG to ``path`` showing the task on ``views`` (see module doc). Default: nothing."""
 

@@ -134,6 +134,19 @@ class BoW(Method):
             raise ConfigError(f"--teacher {cfg['teacher']}: its arch is {t_arch!r}, the student's --arch is "
                               f"{cfg['arch']!r}; bow needs a ResNet teacher of the same arch")
 
+    @classmethod
+    def dry_run_config(cls, cfg):
+        """``--dry-run`` without ``--teacher``: a randomly initialized rotation network of the same arch
+        stands in (cached; the cost is the real one, the targets are meaningless)."""
+        if cfg["teacher"]:
+            return {}
+        from fastssl.dryrun import stand_in_run
+
+        path = stand_in_run("rotation", cfg)
+        print(f"fastssl.train: dry run: bow has no --teacher; a randomly initialized rotation {cfg['arch']} stands in "
+              f"(same cost, meaningless targets): {path}", file=sys.stderr)
+        return {"teacher": str(path)}
+
     def recipe_options(self):
         return {"scale": (self.cfg["min_scale"], 1.0)}
 
@@ -172,7 +185,7 @@ class BoW(Method):
         from fastssl.data import demo_root, make_loader
         from fastssl.eval import data_splits
 
-        src, _ = data_splits(cfg.get("data") or str(demo_root(seed=0)))
+        src, _ = data_splits(cfg.get("data") or str(demo_root(seed=0)), val_list=cfg.get("val_list"))
         n = min(cfg["vocab_images"], len(src))
         st = path.stat()
         key = hashlib.sha256(repr((str(path.resolve()), st.st_size, st.st_mtime_ns, str(src.root), len(src), n,

@@ -82,7 +82,7 @@ def bin_counts(cfg: dict, bins: torch.Tensor, subsample: int) -> torch.Tensor:
     from fastssl.progress import Progress
 
     root = cfg.get("data") or str(demo_root(seed=0))
-    src, _ = data_splits(root)
+    src, _ = data_splits(root, val_list=cfg.get("val_list"))
     s = cfg["image_size"]
     key = hashlib.sha256(repr((str(src.root), len(src), s, subsample, bins.tolist(), 1)).encode()).hexdigest()[:16]
     path = _cache_dir() / f"bin_counts_{key}.pt"
