@@ -16,6 +16,7 @@ from fastssl.methods import METHODS
 DEFAULT = ["--arch", "resnet18", "--width", "8", "--image-size", "64"]
 REDUCED = {
     "mae": ["--arch", "vit_tiny", "--image-size", "64", "--decoder-depth", "1", "--decoder-dim", "64"],
+    "halves": ["--arch", "vit_tiny", "--image-size", "64", "--proj-hidden", "32", "--proj-dim", "16"],
     "jigsaw": [*DEFAULT, "--tile", "16", "--permutations", "10", "--head-hidden", "32"],
     "context": [*DEFAULT, "--tile", "16", "--head-hidden", "32"],
     "bow": [*DEFAULT, "--vocab-size", "8", "--vocab-images", "8"],
