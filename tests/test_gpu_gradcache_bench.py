@@ -23,7 +23,9 @@ def test_tiny_rows_on_cpu(tmp_path, capsys):
                                           "b64x2viewsx32px,C=8"]
     assert all(r["op"] == "train_simclr_gradcache_resnet18" and float(r["ms"]) > 0 for r in rows)
     assert rows[1]["baseline"] == "unchunked"
-    assert float(rows[1]["ratio"]) == pytest.approx(float(rows[1]["ms"]) / float(rows[1]["baseline_ms"]), rel=1e-2)
+    assert float(rows[1]["ratio"]) == pytest.approx(float(rows[1]["baseline_ms"]) / float(rows[1]["ms"]), rel=1e-2)
+    slower = float(rows[1]["extra"].split("chunked/unchunked time=")[1].split(";")[0])
+    assert slower == pytest.approx(float(rows[1]["ms"]) / float(rows[1]["baseline_ms"]), rel=1e-2)
     assert all("images_per_s=" in r["extra"] for r in rows)
     assert "chunked/unchunked" in capsys.readouterr().out
 
