@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from fastssl import argtypes as at
+from fastssl import gradcache
 from fastssl.argtypes import OneLineErrorParser
 from fastssl.errors import ConfigError, FastSSLError, cli_warnings
 from fastssl.methods import METHODS
@@ -54,6 +55,9 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=at.positive_int, default=224, help="view size in pixels")
     p.add_argument("--epochs", type=at.positive_int, default=100, help="training epochs")
     p.add_argument("--batch-size", type=at.positive_int, default=256, help="global batch size (all processes)")
+    p.add_argument("--chunk-size", type=at.positive_int, default=None,
+                   help="images per backbone pass per process: gradient-cached step (README 'Batches larger "
+                   "than memory'); must divide the per-process batch")
     p.add_argument("--lr", type=at.positive_float, default=0.3, help="base learning rate for a batch of 256")
     p.add_argument("--optimizer", default="lars", choices=OPTIMIZERS)
     p.add_argument("--weight-decay", type=at.nonneg_float, default=1e-6, help="not applied to biases and norms")
@@ -163,6 +167,7 @@ def parse_config(argv: list[str] | None = None) -> dict:
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"--warmup-epochs {cfg['warmup_epochs']:g} is longer than --epochs {cfg['epochs']}: "
                           "the learning rate would never reach its peak; lower --warmup-epochs")
+    gradcache.check_config(METHODS[cfg["method"]], cfg)
     _check_recipe_options(cfg)
     if cfg["val_list"] is not None:
         cfg["val_list"] = str(Path(cfg["val_list"]).expanduser().resolve())

@@ -13,6 +13,9 @@ Hooks every method may override (the trainer calls them and never names a method
   method's own recipe) at a fixed seed. Called by rank 0 before the first step (epoch 0) and after
   every epoch (epoch e+1), in eval mode under ``torch.no_grad()`` and with the global RNG state saved
   and restored (so it never changes what training computes); write with ``fastssl.viz.save_grid``.
+- ``chunkable = True`` with ``embed(views) -> z`` (per-image embeddings, view-major rows) and
+  ``loss_from_embeddings(z) -> (loss, metrics)`` (``forward`` = their composition): the method can
+  train with ``--chunk-size`` (gradient caching, fastssl.gradcache).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class Method(nn.Module):
     # What visualize() is fed: recipe name (None: ``recipe``) and number of images.
     viz_recipe: str | None = None
     viz_images: int = 8
+    # Gradient caching (--chunk-size): set True and implement embed / loss_from_embeddings (module doc).
+    chunkable: bool = False
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
