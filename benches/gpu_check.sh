@@ -160,8 +160,8 @@ print(f"python {sys.version.split()[0]} ({sys.executable}), torch {torch.__versi
     local ignore=()
     if ! "$PY" -c "import nvidia.dali" 2> /dev/null; then
         # Their conftest / modules import DALI (fastssl.data); collecting them would be an error.
-        for d in tests/data tests/engine; do ignore+=("--ignore=$d"); done
-        OWED+=("CUDA tests under tests/data and tests/engine (nvidia.dali is not installed on this machine)")
+        for d in tests/data tests/engine tests/imagenet; do ignore+=("--ignore=$d"); done
+        OWED+=("CUDA tests under tests/data, tests/engine and tests/imagenet (nvidia.dali is not installed on this machine)")
     fi
     rm -f "$RES"/pytest_*.xml
     # shellcheck disable=SC2086  # GPU_CHECK_TESTS is a list of paths
