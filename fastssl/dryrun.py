@@ -18,8 +18,9 @@ Per-step batch: the config's global ``--batch-size``, unless
 - on a CPU: at most ``CPU_BATCH`` (a CPU cannot train a GPU batch of thousands in useful time);
 - on a GPU (one process): halved after each out-of-memory until a step fits.
 A reduced batch is said plainly in the output, with the config's batch beside it. With ``--chunk-size C``
-(gradient caching, where the method supports it) the config's full batch is kept and each step processes
-it in chunks: the step then costs what the real run's step costs.
+(gradient caching, where the method supports it) each step processes its batch in chunks of C: the config's
+full batch on a GPU (the step then costs what the real run's step costs), 2 chunks per process on a CPU,
+or ``--dry-run-batch B`` (a multiple of C per process, else a one-line error).
 
 Run folder: none is left behind: the trainer works in a temporary folder, removed at exit (also on
 Ctrl-C or SIGTERM, which exit 130 / 143); with ``--out``
@@ -142,7 +143,18 @@ class _DryRun:
         """(global per-step batch, why it differs from the config's batch or None)."""
         cfg, d = self.cfg, self.d
         want = cfg["batch_size"]
-        if cfg.get("chunk_size"):
+        chunk = cfg.get("chunk_size")
+        if chunk:  # whole chunks per process: the step then costs what the real run's step costs per image
+            per_step = chunk * d.world_size
+            if self.step_batch_flag:
+                b = self.step_batch_flag
+                if b % per_step:
+                    raise ConfigError(f"--dry-run-batch {b} is not a whole number of --chunk-size {chunk} chunks "
+                                      f"per process ({d.world_size} process(es)): use a multiple of {per_step}")
+                return b, (None if b == want else f"--dry-run-batch {b}")
+            if d.device.type == "cpu" and want > 2 * per_step:
+                return 2 * per_step, (f"on a CPU a chunked dry run measures 2 chunks of {chunk} per process per "
+                                      "step (--dry-run-batch B to choose)")
             return want, None
         if self.step_batch_flag:
             b = self.step_batch_flag
