@@ -42,6 +42,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -132,12 +133,16 @@ class _DryRun:
         from fastssl.data.synthetic import imagenet_like_root
 
         cfg = self.cfg
-        if cfg["data"] is None:
+        generated = cfg["data"] is None
+        if generated:
             cfg["data"] = str(imagenet_like_root(progress=self.d.is_main and not cfg["quiet"]))
             self.data_note = "a generated ImageNet-layout folder of 500x375 JPEGs"
         else:
             self.data_note = f"--data {cfg['data']}"
-        return dataset_splits(Path(cfg["data"]), on_bad=cfg["on_bad"], val_list=cfg.get("val_list"))
+        with warnings.catch_warnings():
+            if generated:  # its 1000 class folders are mostly empty by design (320 images)
+                warnings.filterwarnings("ignore", message=r".*class folder\(s\) in .* hold no image files")
+            return dataset_splits(Path(cfg["data"]), on_bad=cfg["on_bad"], val_list=cfg.get("val_list"))
 
     def _step_batch(self) -> tuple[int, str | None]:
         """(global per-step batch, why it differs from the config's batch or None)."""

@@ -151,7 +151,10 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(file_cfg) - known)
     if unknown:
-        raise ConfigError(f"--config {pre.config}: unknown keys {unknown}")
+        other = file_cfg.get("method")
+        why = (f" (it is a config for --method {other}, and this run is --method {method})"
+               if other and other != method else "")
+        raise ConfigError(f"--config {pre.config}: unknown keys {unknown}{why}")
     parser.set_defaults(**_check_file_values(parser, file_cfg, pre.config))
     return parser, file_cfg
 

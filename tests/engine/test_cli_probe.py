@@ -25,6 +25,8 @@ def _train(args):
     # A folder given as the label file / the config was reported as "file not found".
     (["--val-list", "{data}"], ["--val-list", "is a folder"]),
     (["--config", "{data}"], ["--config", "is a folder"]),
+    # Another method's preset: "unknown keys" did not say why.
+    (["--config", "imagenet/mae"], ["--config imagenet/mae", "config for --method mae", "--method simclr"]),
     # --dry-run-batch was ignored with --chunk-size (the dry run kept the config's batch).
     (["--chunk-size", "4", "--dry-run", "1", "--dry-run-batch", "6"], ["--dry-run-batch 6", "--chunk-size 4"]),
 ])
