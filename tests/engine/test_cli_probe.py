@@ -71,6 +71,7 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tiny_args, tmp_path):
     out = tmp_path / "run"
     code = ("import os, runpy, signal, sys, time\n"
             "import fastssl.trainer\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # a terminal's Ctrl-C (not inherited SIG_IGN)
             "def interrupted(cfg):\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    time.sleep(60)\n"
