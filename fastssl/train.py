@@ -273,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fastssl.train: error: {e}", file=sys.stderr)
             return 1
         except OSError as e:  # a run folder or checkpoint that cannot be written (permissions, disk full)
-            print(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+            out = cfg.get("out")
+            if out and e.filename and str(e.filename).startswith(str(out)):
+                print(f"fastssl.train: error: --out {out}: cannot write the run folder ({e.strerror or e}: "
+                      f"{e.filename})", file=sys.stderr)
+            else:
+                print(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
             return 1
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (set-up, data checks, final kNN)
             out = cfg.get("out")

@@ -85,3 +85,12 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tiny_args, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("fastssl.train: interrupted (SIGINT) outside the training loop"), last
     assert str(out / "last.pt") in last
+
+
+def test_an_out_that_cannot_be_created_names_the_flag(tiny_args):
+    # /proc refuses new folders (also to root, who ignores permission bits): the error said only "No such file
+    # or directory: /proc/...", without the flag.
+    r = _train(tiny_args("/proc/fastssl-probe-run", "--epochs", "1", "--eval", "none"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("fastssl.train: error: --out /proc/fastssl-probe-run: cannot write the run folder"), last
