@@ -18,8 +18,9 @@ Per-step batch: the config's global ``--batch-size``, unless
 - on a CPU: at most ``CPU_BATCH`` (a CPU cannot train a GPU batch of thousands in useful time);
 - on a GPU (one process): halved after each out-of-memory until a step fits.
 A reduced batch is said plainly in the output, with the config's batch beside it. With ``--chunk-size C``
-(gradient caching, where the method supports it) the config's full batch is kept and each step processes
-it in chunks: the step then costs what the real run's step costs.
+(gradient caching, where the method supports it) each step processes its batch in chunks of C: the config's
+full batch on a GPU (the step then costs what the real run's step costs), 2 chunks per process on a CPU,
+or ``--dry-run-batch B`` (a multiple of C per process, else a one-line error).
 
 Run folder: none is left behind: the trainer works in a temporary folder, removed at exit (also on
 Ctrl-C or SIGTERM, which exit 130 / 143); with ``--out``
@@ -41,6 +42,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -131,18 +133,33 @@ class _DryRun:
         from fastssl.data.synthetic import imagenet_like_root
 
         cfg = self.cfg
-        if cfg["data"] is None:
+        generated = cfg["data"] is None
+        if generated:
             cfg["data"] = str(imagenet_like_root(progress=self.d.is_main and not cfg["quiet"]))
             self.data_note = "a generated ImageNet-layout folder of 500x375 JPEGs"
         else:
             self.data_note = f"--data {cfg['data']}"
-        return dataset_splits(Path(cfg["data"]), on_bad=cfg["on_bad"], val_list=cfg.get("val_list"))
+        with warnings.catch_warnings():
+            if generated:  # its 1000 class folders are mostly empty by design (320 images)
+                warnings.filterwarnings("ignore", message=r".*class folder\(s\) in .* hold no image files")
+            return dataset_splits(Path(cfg["data"]), on_bad=cfg["on_bad"], val_list=cfg.get("val_list"))
 
     def _step_batch(self) -> tuple[int, str | None]:
         """(global per-step batch, why it differs from the config's batch or None)."""
         cfg, d = self.cfg, self.d
         want = cfg["batch_size"]
-        if cfg.get("chunk_size"):
+        chunk = cfg.get("chunk_size")
+        if chunk:  # whole chunks per process: the step then costs what the real run's step costs per image
+            per_step = chunk * d.world_size
+            if self.step_batch_flag:
+                b = self.step_batch_flag
+                if b % per_step:
+                    raise ConfigError(f"--dry-run-batch {b} is not a whole number of --chunk-size {chunk} chunks "
+                                      f"per process ({d.world_size} process(es)): use a multiple of {per_step}")
+                return b, (None if b == want else f"--dry-run-batch {b}")
+            if d.device.type == "cpu" and want > 2 * per_step:
+                return 2 * per_step, (f"on a CPU a chunked dry run measures 2 chunks of {chunk} per process per "
+                                      "step (--dry-run-batch B to choose)")
             return want, None
         if self.step_batch_flag:
             b = self.step_batch_flag

@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:  # e.g. --export into a folder that cannot be written
             print(f"fastssl.eval: error: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("fastssl.eval: interrupted (SIGINT)", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def resolve_config(text: str) -> Path:
     path = Path(text).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a JSON/YAML file (a run's config.json: "
+                          f"{path / 'config.json'}) or a preset name ({', '.join(list_presets()[:2])}, ...)")
     packaged = preset_path(text)
     if packaged is not None:
         return packaged

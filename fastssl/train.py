@@ -146,12 +146,29 @@ def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser
             raise ConfigError(f"--method: unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
         METHODS[method].add_args(parser)
         parser.set_defaults(**METHODS[method].defaults)
+    else:
+        _mark_method_defaults(parser)
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(file_cfg) - known)
     if unknown:
-        raise ConfigError(f"--config {pre.config}: unknown keys {unknown}")
+        other = file_cfg.get("method")
+        why = (f" (it is a config for --method {other}, and this run is --method {method})"
+               if other and other != method else "")
+        raise ConfigError(f"--config {pre.config}: unknown keys {unknown}{why}")
     parser.set_defaults(**_check_file_values(parser, file_cfg, pre.config))
     return parser, file_cfg
+
+
+def _mark_method_defaults(parser: argparse.ArgumentParser) -> None:
+    """Without a method, ``--help`` must not show a built-in default that every run replaces: the flags
+    a method sets its own default for say so (their values: ``--method M --help``)."""
+    keys = {k for cls in METHODS.values() for k in cls.defaults}
+    for a in parser._actions:
+        if a.dest in keys:
+            a.help = f"{a.help or ''} (default: set by the method; see --method M --help)".lstrip()
+    parser.epilog = ("Defaults: every method sets its own defaults for the flags marked 'set by the method'\n"
+                     "(its demo run); `python -m fastssl.train --method M --help` shows the values a run of M\n"
+                     "would use, and M's own flags.")
 
 
 def parse_config(argv: list[str] | None = None) -> dict:
@@ -163,6 +180,10 @@ def parse_config(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"choose a method with --method ({', '.join(sorted(METHODS))})")
     if cfg["dry_run"]:  # values a dry run supplies that a preset cannot hold (bow: a stand-in teacher)
         cfg.update(METHODS[cfg["method"]].dry_run_config(cfg))
+    if cfg["dry_run_batch"] is not None and not cfg["dry_run"]:
+        raise ConfigError(f"--dry-run-batch {cfg['dry_run_batch']} sets the batch of a dry run and needs --dry-run N; "
+                          "a training run's batch is --batch-size")
+    _check_precision(cfg)
     METHODS[cfg["method"]].check_config(cfg)
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"--warmup-epochs {cfg['warmup_epochs']:g} is longer than --epochs {cfg['epochs']}: "
@@ -171,6 +192,9 @@ def parse_config(argv: list[str] | None = None) -> dict:
     _check_recipe_options(cfg)
     if cfg["val_list"] is not None:
         cfg["val_list"] = str(Path(cfg["val_list"]).expanduser().resolve())
+        if Path(cfg["val_list"]).is_dir():
+            raise ConfigError(f"--val-list {cfg['val_list']} is a folder; give the label file ('<file> <wnid>' "
+                              "lines or LOC_val_solution.csv), the images go in <data>/val")
         if not Path(cfg["val_list"]).is_file():
             raise ConfigError(f"--val-list: file not found: {cfg['val_list']}")
     if cfg["data"] is not None:
@@ -179,6 +203,20 @@ def parse_config(argv: list[str] | None = None) -> dict:
             raise ConfigError(f"--data: not a folder (or does not exist): {cfg['data']}")
     _check_run_folder(cfg)
     return cfg
+
+
+def _check_precision(cfg: dict) -> None:
+    """``--precision fp16`` is refused on a CPU: CPU autocast has no fast fp16 kernels and the loss scaling
+    fp16 needs (GradScaler) skips the first steps' updates while it searches for a scale, which only costs
+    time there (and makes PyTorch warn about the scheduler). bf16 needs no scaling; fp32 is the CPU default."""
+    if cfg["precision"] != "fp16":
+        return
+    import torch
+
+    device = cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not str(device).startswith("cuda"):
+        raise ConfigError("--precision fp16 needs a CUDA device (on a CPU it is slow and needs loss scaling); "
+                          "use --precision bf16 or fp32 (auto: fp32 on a CPU)")
 
 
 def _check_recipe_options(cfg: dict) -> None:
@@ -221,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from fastssl.trainer import train
 
+        dry = bool(cfg["dry_run"])
         try:
-            if cfg["dry_run"]:
+            if dry:
                 from fastssl.dryrun import dry_run
 
                 return dry_run(cfg)
@@ -234,8 +273,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fastssl.train: error: {e}", file=sys.stderr)
             return 1
         except OSError as e:  # a run folder or checkpoint that cannot be written (permissions, disk full)
-            print(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+            out = cfg.get("out")
+            if out and e.filename and str(e.filename).startswith(str(out)):
+                print(f"fastssl.train: error: --out {out}: cannot write the run folder ({e.strerror or e}: "
+                      f"{e.filename})", file=sys.stderr)
+            else:
+                print(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (set-up, data checks, final kNN)
+            out = cfg.get("out")
+            where = f"; checkpoint, if one was written: {Path(out) / 'last.pt'}" if out and not dry else ""
+            print(f"fastssl.train: interrupted (SIGINT) outside the training loop{where}", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -246,6 +246,12 @@ class ImageFolderSource:
             labels += [index[cls]] * len(got)
         if not files:
             raise DataError(f"no image files ({', '.join(extensions[:3])}, ...) in the class folders of {folder}")
+        have = set(labels)
+        empty = [c for c in found if index[c] not in have]
+        if empty:  # a class index with nothing behind it: usually an incomplete copy of the data
+            warnings.warn(f"{len(empty)} class folder(s) in {folder} hold no image files (their classes get no "
+                          f"training images): {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}",
+                          stacklevel=2)
         self._init(folder, files, labels, classes, validate, on_bad, verify)
 
     def _init(self, folder, files, labels, classes, validate, on_bad, verify="auto"):

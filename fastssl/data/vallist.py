@@ -38,7 +38,7 @@ FORMS = ("'<file> <wnid>' lines, or Kaggle's LOC_val_solution.csv (ImageId,Predi
 def _entries(lf: Path) -> list[tuple[int, str, str]]:
     """(line number, file name, class name) of every entry of the list file."""
     try:
-        lines = lf.read_text().splitlines()
+        lines = lf.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Excel's CSV) is not data
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"--val-list {lf}: cannot read it ({e})") from None
     body = [(n, line.split("#", 1)[0].strip()) for n, line in enumerate(lines, 1)]
@@ -81,6 +81,8 @@ def read_val_list(list_file: str | os.PathLike, image_root: str | os.PathLike | 
     from .folders import ImageFolderSource
 
     lf = Path(list_file).expanduser()
+    if lf.is_dir():
+        raise DataError(f"--val-list {lf} is a folder; give the label file ({FORMS})")
     if not lf.is_file():
         raise DataError(f"--val-list: file not found: {lf}")
     root = Path(image_root).expanduser() if image_root is not None else lf.resolve().parent

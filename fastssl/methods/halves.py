@@ -136,6 +136,9 @@ class Halves(Method):
         patch = backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"])["patch_size"]
         if cfg["image_size"] % patch:
             raise ConfigError(f"--image-size {cfg['image_size']} is not a multiple of the patch size {patch}")
+        if (cfg["image_size"] // patch) ** 2 < 2:
+            raise ConfigError(f"--image-size {cfg['image_size']} gives one {patch} px patch: halves splits the patches "
+                              "into two disjoint sets, so it needs at least 2")
         if cfg["batch_size"] < 2:
             raise ConfigError(f"--batch-size {cfg['batch_size']}: halves contrasts each half with the other "
                               "images of the global batch, so it needs a global batch of at least 2")

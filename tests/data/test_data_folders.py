@@ -204,3 +204,12 @@ def test_a_link_back_to_the_split_does_not_relabel_another_class(tmp_path):
     by_label = {lab: sorted(Path(f).parent.name for f, lb in zip(src.files, src.labels) if lb == lab)
                 for lab in (0, 1)}
     assert by_label == {0: ["c0"] * 3, 1: ["c1"] * 3}
+
+
+def test_an_empty_class_folder_is_warned_about(tmp_path):
+    # An empty class folder (an incomplete copy) silently added a class with no images (new-user probe).
+    _folder(tmp_path)
+    (tmp_path / "zebra").mkdir()
+    with pytest.warns(UserWarning, match=r"1 class folder\(s\) in .* hold no image files .*: zebra"):
+        src = ImageFolderSource(tmp_path, validate=False)
+    assert src.classes[-1] == "zebra" and len(src.classes) - 1 == len(set(src.labels))

@@ -136,6 +136,7 @@ def test_visualize_is_deterministic_and_keeps_global_rng(tmp_path):
     (["--arch", "resnet18"], "--arch"),
     (["--batch-size", "1"], "--batch-size"),
     (["--image-size", "62"], "--image-size"),
+    (["--image-size", "4"], "--image-size 4 gives one 4 px patch"),  # one patch cannot be split in two
 ])
 def test_bad_flags_one_line_error(flags, needle, tmp_path):
     out = tmp_path / "run"

@@ -86,6 +86,31 @@ def test_bad_lists_are_one_line_data_errors(official, tmp_path, body, needle):
         read_val_list(tmp_path / "none.txt", official / "val", sorted(WNIDS))
 
 
+@pytest.mark.parametrize("form", ["val_labels.txt", "LOC_val_solution.csv"])
+@pytest.mark.parametrize("dress", ["bom", "crlf", "trailing_blank_lines", "all"])
+def test_lists_saved_by_other_tools_read_the_same(official, tmp_path, form, dress):
+    # A byte-order mark (Excel, Notepad), CRLF line ends (Windows) and trailing blank lines change nothing.
+    text = (official / form).read_text()
+    if dress in ("crlf", "all"):
+        text = text.replace("\n", "\r\n")
+    if dress in ("trailing_blank_lines", "all"):
+        text += "\n  \n\t\n"
+    data = text.encode()
+    if dress in ("bom", "all"):
+        data = b"\xef\xbb\xbf" + data
+    dressed = tmp_path / form
+    dressed.write_bytes(data)
+    src = read_val_list(dressed, official / "val", sorted(WNIDS))
+    got, want = _expected(src)
+    assert got == want and len(src) == len(REFERENCE)
+
+
+def test_a_folder_as_list_is_named_as_such(official):
+    with pytest.raises(DataError, match="is a folder") as e:
+        read_val_list(official / "val", official / "val", sorted(WNIDS))
+    assert "\n" not in str(e.value)
+
+
 def _cmd(module, args):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
