@@ -110,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.checkpoint}: no image_size recorded")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone.to(device)
-    if args.export:
-        _export(backbone, cfg, args.export)
     root = Path(args.data or cfg.get("data") or demo_root())
     if not root.is_dir():
         raise DataError(f"--data: not a folder (or does not exist): {root}")
@@ -121,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--data {root} has no val/ split to evaluate on (expected {root}/train and {root}/val)")
     if args.protocol == "knn" and args.k > len(train_src):
         raise DataError(f"--k {args.k} is larger than the {len(train_src)} training images of {root}")
+    if args.export:  # after every input check: a command that fails leaves no file behind
+        _export(backbone, cfg, args.export)
     kw = dict(image_size=cfg["image_size"], device=device, batch_size=args.batch_size, num_threads=args.workers)
     print(f"extracting features: {len(train_src)} train, {len(val_src)} val images ...", file=sys.stderr)
     tr_f, tr_y = extract_features(backbone, train_src, **kw)

@@ -80,3 +80,23 @@ def test_random_init_baseline_is_the_runs_starting_network(tiny_args, tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastssl.eval", "knn", "--checkpoint", str(run), "--random-init",
                         "--export", str(tmp_path / "b.safetensors")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--random-init" in r.stderr
+
+
+def test_export_is_not_written_when_the_command_fails(tiny_args, tmp_path):
+    """`eval --export X` with bad --data / --k stops with one line and leaves no X behind (the export comes
+    after every input check); through the real CLI."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "fastssl.train", *tiny_args(run, "--epochs", "1", "--eval", "none")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr
+    export = tmp_path / "backbone.safetensors"
+    for bad in (["--data", str(tmp_path / "absent")], ["--k", "100000"]):
+        r = subprocess.run([sys.executable, "-m", "fastssl.eval", "knn", "--checkpoint", str(run), "--export",
+                            str(export), "--workers", "1", *bad], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().startswith("fastssl.eval: error: ") and len(r.stderr.strip().splitlines()) == 1
+        assert not export.exists()
