@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,20 +43,15 @@ def build(batch: int, chunk: int, device="cpu", flags=(), views_dtype=torch.floa
     """(step function, warm-up function, cfg): the demo SimCLR (or ``flags``) as fastssl.train builds it,
     on synthetic views. The warm-up runs a step of the same shapes (chunked: one chunk) so that the
     backend's per-shape set-up (oneDNN primitives, cuDNN algorithms) is not timed."""
+    from train_setup import build_training
+
     from fastssl.gradcache import Embedder, GradCache
-    from fastssl.methods import build_method
-    from fastssl.models import to_channels_last
-    from fastssl.optim import build_optimizer, scaled_lr
-    from fastssl.train import parse_config
 
     argv = ["--method", "simclr", "--batch-size", str(batch), *flags]
     if chunk:
         argv += ["--chunk-size", str(chunk)]
-    cfg = parse_config(argv)
     device = torch.device(device)
-    torch.manual_seed(0)
-    method = to_channels_last(build_method("simclr", cfg).to(device))
-    opt = build_optimizer(cfg["optimizer"], method, scaled_lr(cfg["lr"], batch), cfg["weight_decay"], cfg["momentum"])
+    method, opt, cfg = build_training(argv, device, seed=0)
     g = torch.Generator(device=device).manual_seed(0)
     s = cfg["image_size"]
     views = [torch.randn(batch, 3, s, s, device=device, generator=g, dtype=views_dtype)
@@ -87,30 +78,21 @@ def build(batch: int, chunk: int, device="cpu", flags=(), views_dtype=torch.floa
     return step, (lambda: step(chunk)) if chunk else step, cfg
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def child(batch: int, chunk: int, rounds: int) -> dict:
     """Runs in a fresh process: warm-up, then ROUNDS timed steps; the first one's peak memory."""
     step, warmup, _ = build(batch, chunk)
     warmup()
     times, cpu_times, peak_mb, loss = [], [], float("nan"), float("nan")
     for i in range(rounds):
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so RSS-before is what is live
+        harness.trim_heap()  # give freed heap back, so RSS-before is what is live
         if i == 0:
-            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-            before = _status_kb("VmRSS")
+            before = harness.reset_peak_rss()  # VmHWM := VmRSS
         t0, c0 = time.perf_counter(), time.process_time()
         loss = step()
         times.append((time.perf_counter() - t0) * 1e3)
         cpu_times.append((time.process_time() - c0) * 1e3)
         if i == 0:
-            peak_mb = (_status_kb("VmHWM") - before) / 1024
+            peak_mb = harness.peak_rss_mb(before)
     times.sort()
     cpu_times.sort()
     return dict(batch=batch, chunk=chunk, ms=times[len(times) // 2], cpu_ms=cpu_times[len(times) // 2],
@@ -120,14 +102,7 @@ def child(batch: int, chunk: int, rounds: int) -> dict:
 
 def measure(batch: int, chunk: int, rounds: int) -> dict:
     """``child`` in a separate process; {'ms': nan, 'error': ...} when it cannot run."""
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    out = subprocess.run([sys.executable, __file__, "--child", str(batch), str(chunk), str(rounds)], env=env,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return dict(batch=batch, chunk=chunk, ms=float("nan"), peak_mb=float("nan"),
-                    error=(out.stderr.strip().splitlines() or ["failed"])[-1][:200])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return harness.run_child(__file__, (batch, chunk, rounds), batch=batch, chunk=chunk)
 
 
 def compare(batch: int, unchunked_peak_per_image_mb: float | None, max_unchunked_gb: float = MAX_UNCHUNKED_GB):

@@ -19,11 +19,7 @@ benches/gpu_nt_xent.py, called by benches/gpu_check.sh.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,24 +85,15 @@ def loss_fn(impl: str):
     raise ValueError(impl)
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def child(impl: str, n: int, rounds: int) -> dict:
     """Runs in a fresh process: one warm-up (compiles), memory of one call, then the timing."""
     z1, z2 = _inputs(n)
     run = fwd_bwd(loss_fn(impl), z1, z2)
     run()  # warm-up (torch.compile compiles here)
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so RSS-before is what is live
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _status_kb("VmRSS")
+    harness.trim_heap()  # give freed heap back, so RSS-before is what is live
+    before = harness.reset_peak_rss()  # VmHWM := VmRSS
     run()
-    peak_mb = (_status_kb("VmHWM") - before) / 1024
+    peak_mb = harness.peak_rss_mb(before)
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -118,14 +105,7 @@ def child(impl: str, n: int, rounds: int) -> dict:
 
 def measure(impl: str, n: int, rounds: int) -> dict:
     """``child`` in a separate process; {'ms': nan, 'error': ...} when it cannot run."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                    os.environ.get("PYTHONPATH")])))
-    out = subprocess.run([sys.executable, __file__, "--child", impl, str(n), str(rounds)], env=env,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return dict(impl=impl, n=n, ms=float("nan"), peak_mb=float("nan"),
-                    error=(out.stderr.strip().splitlines() or ["failed"])[-1][:200])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return harness.run_child(__file__, (impl, n, rounds), impl=impl, n=n)
 
 
 def _row(n, ours, base, extra=""):

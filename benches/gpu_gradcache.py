@@ -43,6 +43,7 @@ TINY_ROWS = [(16, 0, 1, 2), (16, 8, 1, 2), (32, 8, 1, 1), (64, 8, 1, 1)]
 
 
 def measure(batch: int, chunk: int, warmup: int, steps: int, flags, device) -> dict:
+    import harness
     import torch
     from bench_gradcache import build
 
@@ -50,24 +51,7 @@ def measure(batch: int, chunk: int, warmup: int, steps: int, flags, device) -> d
     step, warm, cfg = build(batch, chunk, device, flags, views_dtype=torch.bfloat16 if cuda else torch.float32)
     for _ in range(warmup if not chunk else min(warmup, 1)):
         warm()
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times, losses = [], []
-    for _ in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            losses.append(step())
-            end.record()
-            times.append((start, end))
-        else:
-            t0 = time.perf_counter()
-            losses.append(step())
-            times.append((time.perf_counter() - t0) * 1e3)
-    if cuda:
-        torch.cuda.synchronize(device)
-        times = [a.elapsed_time(e) for a, e in times]
+    times, losses = harness.time_steps(lambda _i: step(), steps, device)
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"non-finite loss during the timed steps: {losses}")
     s = cfg["image_size"]
@@ -93,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_gradcache.py: error: no CUDA device (torch.cuda.is_available() is False); "
-              "--device cpu --tiny is the smoke test", file=sys.stderr)
+    if harness.no_cuda(device, "gpu_gradcache.py", "; --device cpu --tiny is the smoke test"):
         return 1
     flags, rows = (TINY_FLAGS, TINY_ROWS) if args.tiny else (FLAGS, ROWS)
     if args.only:

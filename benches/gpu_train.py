@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import harness` when run as a script
@@ -56,26 +55,16 @@ def target_flags(name: str, tiny: bool, batch: int | None) -> dict:
 
 def build(name: str, flags: dict, device):
     """(method, optimizer, cfg) as fastssl.train builds them for these flags."""
-    import torch
-
-    from fastssl.methods import build_method
-    from fastssl.models import to_channels_last
-    from fastssl.optim import build_optimizer, scaled_lr
-    from fastssl.parallel import convert_global_bn
-    from fastssl.train import parse_config
+    from train_setup import build_training
 
     argv = ["--method", name]
     for key, value in flags.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    cfg = parse_config(argv)
-    torch.manual_seed(cfg["seed"])
-    method = to_channels_last(convert_global_bn(build_method(name, cfg), device).to(device))
-    opt = build_optimizer(cfg["optimizer"], method, scaled_lr(cfg["lr"], cfg["batch_size"]),
-                          cfg["weight_decay"], cfg["momentum"])
-    return method, opt, cfg
+    return build_training(argv, device, global_bn=True)
 
 
 def measure(name: str, flags: dict, device, steps: int, warmup: int) -> dict:
+    import harness
     import torch
 
     method, opt, cfg = build(name, flags, device)
@@ -99,24 +88,7 @@ def measure(name: str, flags: dict, device, steps: int, warmup: int) -> dict:
 
     for i in range(warmup):
         step(i)
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times, losses = [], []
-    for i in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            losses.append(step(i))
-            end.record()
-            times.append((start, end))
-        else:
-            t0 = time.perf_counter()
-            losses.append(step(i))
-            times.append((time.perf_counter() - t0) * 1e3)
-    if cuda:
-        torch.cuda.synchronize(device)
-        times = [a.elapsed_time(e) for a, e in times]
+    times, losses = harness.time_steps(step, steps, device)
     last = torch.stack(losses).float()
     if not torch.isfinite(last).all():
         raise FloatingPointError(f"non-finite loss during the timed steps: {last.tolist()}")
@@ -144,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastssl.methods import METHODS
 
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_train.py: error: no CUDA device (torch.cuda.is_available() is False); "
-              "--device cpu --tiny is the smoke test", file=sys.stderr)
+    if harness.no_cuda(device, "gpu_train.py", "; --device cpu --tiny is the smoke test"):
         return 1
     status, results = 0, []
     for name in args.methods:

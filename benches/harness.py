@@ -45,8 +45,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import datetime as _dt
 import gc
+import json
 import math
 import os
 import platform
@@ -138,6 +140,74 @@ def time_ms(fn, device, rounds: int, warmup: int = 1) -> float:
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return times[len(times) // 2]
+
+
+def time_steps(step: Callable[[int], object], steps: int, device: torch.device | str) -> tuple[list[float], list]:
+    """(ms of each call, its results) of ``step(i)`` for i in range(steps): CUDA events on a CUDA device
+    (synchronized, peak memory stats reset first, so ``torch.cuda.max_memory_allocated`` is the timed
+    steps' peak), wall time otherwise."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times, results = [], []
+    for i in range(steps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            results.append(step(i))
+            end.record()
+            times.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            results.append(step(i))
+            times.append((time.perf_counter() - t0) * 1e3)
+    if cuda:
+        torch.cuda.synchronize(device)
+        times = [a.elapsed_time(e) for a, e in times]
+    return times, results
+
+
+def no_cuda(device: torch.device | str, script: str, hint: str = "") -> bool:
+    """True (after printing ``<script>: error: no CUDA device ...`` to stderr) when ``device`` is CUDA and
+    there is none: a GPU bench script then exits 1."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        print(f"{script}: error: no CUDA device (torch.cuda.is_available() is False){hint}", file=sys.stderr)
+        return True
+    return False
+
+
+def trim_heap() -> None:
+    """gc, then glibc's malloc_trim: freed heap goes back to the OS, so VmRSS is what is live."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak_rss() -> int:
+    """VmHWM := VmRSS (through /proc/self/clear_refs); returns that VmRSS in kB (raises OSError where
+    /proc does not allow it). ``peak_rss_mb(before)`` after the call measured gives its peak."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _rss_kb("VmRSS")
+
+
+def peak_rss_mb(before_kb: int) -> float:
+    """VmHWM - ``before_kb`` in MB (``before_kb`` from ``reset_peak_rss``)."""
+    return (_rss_kb("VmHWM") - before_kb) / 1024
+
+
+def run_child(script: str, args: Sequence, **ident) -> dict:
+    """``python <script> --child ARGS`` in a fresh process (the repo root first on PYTHONPATH); the JSON
+    dict its last stdout line prints, or, when it fails, ``dict(**ident, ms=nan, peak_mb=nan, error=the
+    last stderr line)``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                    os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, script, "--child", *map(str, args)], env=env, capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        return dict(**ident, ms=float("nan"), peak_mb=float("nan"),
+                    error=(out.stderr.strip().splitlines() or ["failed"])[-1][:200])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def compare(benchmark, op: str, shape: str, fn, baselines: dict, device="cpu", rounds: int = 5,

@@ -392,12 +392,8 @@ def _nt_xent_bwd_kernel(
     offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
     offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
     zi = _load_tile(Z + tl.cast(grow0, tl.int64) * D, offs_m, M - row0, d, D, True, EVEN_D, UPCAST)
-    tau = tl.load(TAU)
     lse_i = tl.load(LSE + self_offset + rows, mask=row_mask, other=0.0) * _LOG2E
-    if NORMALIZE:
-        a_i = tl.load(RN + self_offset + rows, mask=row_mask, other=0.0) * (_LOG2E / tau)
-    else:
-        a_i = tl.zeros([BLOCK_M], tl.float32) + _LOG2E / tau
+    a_i = _row_scale(RN + self_offset, TAU, rows, row_mask, NORMALIZE, BLOCK_M)
     c_scale = _g_scale(RN_MAX, NORMALIZE, SCALE_G)
     if WEIGHTED:
         w_row = tl.load(WCOL + self_offset)  # every local row belongs to this rank
@@ -530,20 +526,9 @@ def _info_nce_bwd_dq_kernel(
     offs_m = tl.arange(0, BLOCK_M)[:, None] * D + d[None, :]
     offs_n = tl.arange(0, BLOCK_N)[:, None] * D + d[None, :]
     q = _load_tile(Q + tl.cast(row0, tl.int64) * D, offs_m, M - row0, d, D, True, EVEN_D, UPCAST)
-    tau = tl.load(TAU)
     lse_i = tl.load(LSE + rows, mask=row_mask, other=0.0) * _LOG2E
-    if NORMALIZE:
-        ri = tl.load(RNQ + rows, mask=row_mask, other=0.0)
-        a_i = ri * (_LOG2E / tau)
-    else:
-        a_i = tl.zeros([BLOCK_M], tl.float32) + _LOG2E / tau
-    if SCALE_G:
-        if NORMALIZE:
-            c_scale = _G_SCALE / tl.load(RNK_MAX)
-        else:
-            c_scale = _G_SCALE
-    else:
-        c_scale = 1.0
+    a_i = _row_scale(RNQ, TAU, rows, row_mask, NORMALIZE, BLOCK_M)
+    c_scale = _g_scale(RNK_MAX, NORMALIZE, SCALE_G)
     self_col = rows + self_offset
 
     pos = tl.load(POS + rows, mask=row_mask, other=-1)
@@ -558,18 +543,9 @@ def _info_nce_bwd_dq_kernel(
             special = special | _hits(start, first, first + BLOCK_M, BLOCK_N)
         acc = _dq_tile(acc, q, K, RNK, start, offs_n, d, a_i, lse_i, self_col, pos, special, c_scale, NK, D,
                        EXCLUDE_SELF, NORMALIZE, SCALE_G, EVEN_D, UPCAST, IN_DTYPE, DOT_PRECISION, BLOCK_N)
-
-    dmask = row_mask[:, None] & (d < D)[None, :]
-    gu = acc * (tl.load(GRAD) / (c_scale * M * tau))
-    qf = tl.load(Q + tl.cast(row0, tl.int64) * D + offs_m, mask=dmask, other=0.0).to(tl.float32)  # from L2
-    if NORMALIZE:
-        rad = tl.sum(gu * qf, 1) * ri
-        dq = (gu - (rad * ri)[:, None] * qf) * ri[:, None]
-    else:
-        rad = tl.sum(gu * qf, 1)
-        dq = gu
-    tl.store(DQ + rows.to(tl.int64)[:, None] * D + d[None, :], dq.to(DQ.dtype.element_ty), mask=dmask)
-    tl.store(RAD + rows, rad, mask=row_mask)
+    # the same fp32 epilogue as NT-Xent's, on the queries (offset 0, no sum_j P_ij s_ij)
+    _nt_xent_bwd_epilogue(acc, 0.0, Q, RNQ, TAU, GRAD, DQ, RAD, row0, rows, row_mask, d, offs_m, c_scale, M, D,
+                          0, NORMALIZE, False)
 
 
 @triton.jit
@@ -616,13 +592,7 @@ def _info_nce_bwd_dk_kernel(
         b_j = rk * (_LOG2E / tau)
     else:
         b_j = tl.zeros([BLOCK_N], tl.float32) + _LOG2E / tau
-    if SCALE_G:
-        if NORMALIZE:
-            c_scale = _G_SCALE / tl.load(RNQ_MAX)
-        else:
-            c_scale = _G_SCALE
-    else:
-        c_scale = 1.0
+    c_scale = _g_scale(RNQ_MAX, NORMALIZE, SCALE_G)
 
     acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start in range(0, M, BLOCK_M):

@@ -1,10 +1,18 @@
-"""Shared test helpers: the dtype tolerance table and the float64-reference comparison.
+"""Shared test helpers: the dtype tolerance table and the float64-reference comparison; the scaffolding
+of the CLI and method tests (a ``python -m fastssl.train`` subprocess, a run's step losses, a NaN loss
+injected into SimCLR, the picture hook under reseeded global RNGs).
 
 The rule (DESIGN.md): a fused op's error against the float64 reference may be at most 2x the error
 of the same reference computed in the op's own dtype, plus the small absolute floor of the table.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -73,3 +81,47 @@ def assert_rel_close(actual, ref64, ref_lowp=None, dtype=None, name="value", rto
     err = max_abs_err(actual, ref64)
     assert err <= bound, f"{name}: max abs error {err:.3e} > bound {bound:.3e} = {bound / scale:.2e} x scale ({dtype})"
     return err / scale
+
+
+def run_train(args, env=None, timeout: float = 900, **kw) -> subprocess.CompletedProcess:
+    """``python -m fastssl.train ARGS`` in a subprocess (OMP_NUM_THREADS=2 unless ``env`` says otherwise,
+    output captured as text)."""
+    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}, timeout=timeout, **kw)
+
+
+def step_losses(out: Path) -> list[float]:
+    """The per-step losses of the run folder ``out`` (its metrics.jsonl), in order."""
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def nan_loss_at_call(monkeypatch, n: int) -> dict:
+    """Make SimCLR's ``n``-th NT-Xent call (counted from 1) return NaN; returns the counter ``{"n": calls}``."""
+    from fastssl.methods import simclr
+
+    calls = {"n": 0}
+    real = simclr.nt_xent
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == n else loss
+
+    monkeypatch.setattr(simclr, "nt_xent", flaky)
+    return calls
+
+
+def pictures_under_reseeded_rng(method, views, folder: Path, epochs) -> list[Path]:
+    """``method.visualize(views, labels 0, folder / "<a|b|c...>.png", epoch)`` once per epoch of ``epochs``
+    under no_grad, the global torch RNG reseeded (123) before every call after the first; the global RNG
+    state is restored afterwards. Returns the paths."""
+    state = torch.get_rng_state()
+    paths = [Path(folder) / f"{chr(ord('a') + i)}.png" for i in range(len(epochs))]
+    labels = torch.zeros(views[0].shape[0])
+    with torch.no_grad():
+        for i, (path, epoch) in enumerate(zip(paths, epochs)):
+            if i:
+                torch.manual_seed(123)
+            method.visualize(views, labels, path, epoch)
+    torch.set_rng_state(state)
+    return paths

@@ -3,8 +3,8 @@
 ``demo_root(seed=0)`` returns ``<cache_dir()>/demo/shapes12-v1-s<seed>-<n_train>-<n_val>-<size>/`` holding
 ``train/<class>/<id>.JPEG`` and ``val/<class>/<id>.JPEG``, generating it on first use: written into a
 temporary folder next to it, marked complete, then renamed into place (atomic), under a file lock so
-concurrent DDP ranks generate it once. A folder without the completion marker (an interrupted run)
-is deleted and regenerated.
+concurrent DDP ranks generate it once (fastssl.data.cached_folder). A folder without the completion
+marker (an interrupted run) is deleted and regenerated.
 
 Classes (12, class = shape family, never colour): circle, square, triangle, star, plus, ring, crescent,
 arrow, frame (hollow square), bars (two parallel bars), stripes, checker. Each image draws its
@@ -23,12 +23,9 @@ nuisance cue differ between the two views of an image. The images are
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,11 +33,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import _ext
+from .cached_folder import cached_folder
 
 VERSION = "v2"  # v2: upright shapes and light from above (v1 rotated both uniformly)
 CLASSES = ("circle", "square", "triangle", "star", "plus", "ring", "crescent", "arrow", "frame", "bars",
            "stripes", "checker")
-_MARKER = "COMPLETE.json"
 _SS = 2  # supersampling factor for anti-aliased edges
 TILT = math.radians(25)  # the largest rotation of a shape away from its upright pose
 LIGHT = math.radians(45)  # the largest angle of the light (gradient) direction away from straight up
@@ -162,33 +159,21 @@ def generate_demo(out: str | os.PathLike, seed: int = 0, n_train: int = 6000, n_
 def demo_root(seed: int = 0, *, n_train: int = 6000, n_val: int = 1200, size: int = 64,
               cache: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The demo dataset's root (with train/ and val/), generated on first use; see the module docstring."""
-    from filelock import FileLock
-
     base = Path(cache) if cache is not None else _ext.cache_dir() / "demo"
-    base.mkdir(parents=True, exist_ok=True)
     final = base / f"shapes12-{VERSION}-s{seed}-{n_train}-{n_val}-{size}"
-    if (final / _MARKER).is_file():
-        return final
-    with FileLock(str(final) + ".lock"):
-        if (final / _MARKER).is_file():
-            return final
-        if final.exists():
-            if progress:
-                print(f"[fastssl.data.demo] incomplete demo dataset at {final}: regenerating",
-                      file=sys.stderr)
-            shutil.rmtree(final)
-        if progress:
-            print(f"[fastssl.data.demo] generating {n_train}+{n_val} demo images (seed {seed}) into {final}",
-                  file=sys.stderr, flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=base))
-        try:
-            t0 = time.perf_counter()
-            generate_demo(tmp, seed=seed, n_train=n_train, n_val=n_val, size=size, progress=progress)
-            (tmp / _MARKER).write_text(json.dumps(dict(
-                version=VERSION, seed=seed, n_train=n_train, n_val=n_val, size=size, classes=CLASSES,
-                seconds=round(time.perf_counter() - t0, 2))))
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+
+    def announce(stale: bool) -> None:
+        if not progress:
+            return
+        if stale:
+            print(f"[fastssl.data.demo] incomplete demo dataset at {final}: regenerating", file=sys.stderr)
+        print(f"[fastssl.data.demo] generating {n_train}+{n_val} demo images (seed {seed}) into {final}",
+              file=sys.stderr, flush=True)
+
+    def fill(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        generate_demo(tmp, seed=seed, n_train=n_train, n_val=n_val, size=size, progress=progress)
+        return dict(version=VERSION, seed=seed, n_train=n_train, n_val=n_val, size=size, classes=CLASSES,
+                    seconds=round(time.perf_counter() - t0, 2))
+
+    return cached_folder(final, fill, announce=announce)

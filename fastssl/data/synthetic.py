@@ -5,8 +5,8 @@
 size) spread over ``n_classes`` (default 1000) class folders named like wnids (``n00000000`` ...), most of
 them empty (sparse, as the dry run allows), so the class count and the decode/augment cost per image are
 ImageNet's while the folder stays small (~30 MB). Generated once, with a progress bar, into a temporary
-folder next to it that is renamed into place when complete, under a file lock (like the demo data,
-fastssl.data.demo); an incomplete folder is regenerated.
+folder next to it that is renamed into place when complete, under a file lock (fastssl.data.cached_folder,
+like the demo data); an incomplete folder is regenerated.
 
 Pictures: a smooth random colour field (a coarse random grid upsampled bicubically), a few random ellipses
 and rectangles, and pixel noise; JPEG quality 90, so their size and decode cost are those of photographs
@@ -15,20 +15,17 @@ and rectangles, and pixel noise; JPEG quality 90, so their size and decode cost 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import _ext
+from .cached_folder import cached_folder
 
 VERSION = "v1"
-_MARKER = "COMPLETE.json"
 
 
 def wnid(k: int) -> str:
@@ -74,28 +71,16 @@ def generate(out: str | os.PathLike, n_images: int = 320, n_classes: int = 1000,
 def imagenet_like_root(n_images: int = 320, n_classes: int = 1000, size: tuple[int, int] = (500, 375), *,
                        cache: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The generated folder's root (with ``train/``), generated on first use; see the module docstring."""
-    from filelock import FileLock
-
     base = Path(cache) if cache is not None else _ext.cache_dir() / "dryrun"
-    base.mkdir(parents=True, exist_ok=True)
     final = base / f"imagenet-like-{VERSION}-{n_images}-{n_classes}-{size[0]}x{size[1]}"
-    if (final / _MARKER).is_file():
-        return final
-    with FileLock(str(final) + ".lock"):
-        if (final / _MARKER).is_file():
-            return final
-        if final.exists():
-            shutil.rmtree(final)
+
+    def announce(stale: bool) -> None:
         if progress:
             print(f"fastssl.train: generating the dry-run data once: {n_images} JPEGs of {size[0]}x{size[1]} in "
                   f"{n_classes} class folders -> {final}", file=sys.stderr, flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=base))
-        try:
-            generate(tmp, n_images, n_classes, size, progress=progress)
-            (tmp / _MARKER).write_text(json.dumps(dict(version=VERSION, n_images=n_images, n_classes=n_classes,
-                                                       size=list(size))))
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+
+    def fill(tmp: Path) -> dict:
+        generate(tmp, n_images, n_classes, size, progress=progress)
+        return dict(version=VERSION, n_images=n_images, n_classes=n_classes, size=list(size))
+
+    return cached_folder(final, fill, announce=announce)

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 
 from fastssl.argtypes import fraction, positive_float, positive_int, probability, ranged
 from fastssl.errors import ConfigError
-from fastssl.methods.base import Method, backbone_kwargs, register
-from fastssl.models import MLPHead, build_backbone
-from fastssl.models.mae import MAEDecoder, init_mae_weights, mae_encode, masked_input
+from fastssl.methods._masked_vit import DECODER_HEAD_DIM, check_vit_config, mae_backbone, mae_decoder
+from fastssl.methods.base import Method, register
+from fastssl.models import MLPHead
+from fastssl.models.mae import mae_encode, masked_input
 from fastssl.ops import masked_patch_mse, masked_patch_mse_ref, nt_xent, nt_xent_ref, random_masking
 
-DECODER_HEAD_DIM = 32  # as MAE: decoder heads of 32 dims
 VIZ_SEED = 0  # the picture's masks: the same images and masks every epoch
 keep_fraction = ranged(float, 0, 0.5, lo_open=True)  # (0, 0.5]: two disjoint sets must fit in the grid
 
@@ -130,12 +130,7 @@ class Halves(Method):
 
     @classmethod
     def check_config(cls, cfg):
-        if not str(cfg["arch"]).startswith("vit"):
-            raise ConfigError(f"--arch {cfg['arch']}: halves masks ViT patch tokens; use vit_tiny, vit_small "
-                              "or vit_base")
-        patch = backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"])["patch_size"]
-        if cfg["image_size"] % patch:
-            raise ConfigError(f"--image-size {cfg['image_size']} is not a multiple of the patch size {patch}")
+        patch = check_vit_config(cfg, "halves masks ViT patch tokens; use vit_tiny, vit_small or vit_base")
         if (cfg["image_size"] // patch) ** 2 < 2:
             raise ConfigError(f"--image-size {cfg['image_size']} gives one {patch} px patch: halves splits the patches "
                               "into two disjoint sets, so it needs at least 2")
@@ -147,9 +142,7 @@ class Halves(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        kw = backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"])
-        self.backbone = build_backbone(cfg["arch"], pos_embed="sincos", pool="mean", **kw)
-        init_mae_weights(self.backbone)
+        self.backbone = mae_backbone(cfg)
         pe = self.backbone.patch_embed
         self.patch_size, self.num_patches = pe.patch_size[0], pe.num_patches
         self.projector = MLPHead(self.backbone.embed_dim, cfg["proj_hidden"], cfg["proj_dim"], num_layers=2)
@@ -157,8 +150,7 @@ class Halves(Method):
         self.recon_weight = cfg["recon_weight"]
         self.decoder = None
         if self.recon_weight > 0:
-            self.decoder = MAEDecoder(self.backbone.embed_dim, pe.grid_size, self.patch_size, cfg["decoder_dim"],
-                                      cfg["decoder_depth"], cfg["decoder_dim"] // DECODER_HEAD_DIM)
+            self.decoder = mae_decoder(self.backbone, cfg)
         self.gather = torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def recipe_options(self):

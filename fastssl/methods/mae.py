@@ -15,14 +15,12 @@ import argparse
 import torch
 
 from fastssl.argtypes import positive_int
-from fastssl.errors import ConfigError
-from fastssl.methods.base import Method, backbone_kwargs, register
-from fastssl.models import build_backbone
-from fastssl.models.mae import MAEDecoder, init_mae_weights, mae_forward, masked_input, reconstruct_images
+from fastssl.methods._masked_vit import DECODER_HEAD_DIM, check_vit_config, mae_backbone, mae_decoder
+from fastssl.methods.base import Method, register
+from fastssl.models.mae import mae_forward, masked_input, reconstruct_images
 from fastssl.ops import random_masking
 from fastssl.viz import denormalize, save_grid
 
-DECODER_HEAD_DIM = 32  # decoder heads = decoder_dim / 32 (the paper's 512 / 16)
 VIZ_SEED = 0  # the picture's masks: the same images and the same masks every epoch
 
 
@@ -64,21 +62,14 @@ class MAE(Method):
 
     @classmethod
     def check_config(cls, cfg):
-        if not str(cfg["arch"]).startswith("vit"):
-            raise ConfigError(f"--arch {cfg['arch']}: MAE needs a ViT (vit_tiny, vit_small, vit_base)")
-        patch = backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"])["patch_size"]
-        if cfg["image_size"] % patch:
-            raise ConfigError(f"--image-size {cfg['image_size']} is not a multiple of the patch size {patch}")
+        check_vit_config(cfg, "MAE needs a ViT (vit_tiny, vit_small, vit_base)")
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        kw = backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"])
-        self.backbone = build_backbone(cfg["arch"], pos_embed="sincos", pool="mean", **kw)
-        init_mae_weights(self.backbone)
+        self.backbone = mae_backbone(cfg)
         pe = self.backbone.patch_embed
         self.patch_size, self.num_patches = pe.patch_size[0], pe.num_patches
-        self.decoder = MAEDecoder(self.backbone.embed_dim, pe.grid_size, self.patch_size, cfg["decoder_dim"],
-                                  cfg["decoder_depth"], cfg["decoder_dim"] // DECODER_HEAD_DIM)
+        self.decoder = mae_decoder(self.backbone, cfg)
         self.mask_ratio, self.norm_pix = cfg["mask_ratio"], cfg["norm_pix"]
 
     def forward(self, views, labels):

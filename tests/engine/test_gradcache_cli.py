@@ -5,6 +5,7 @@ torchrun with 2 gloo processes against 1 process, --compile. The unit tests are 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -13,13 +14,12 @@ import sys
 
 import pytest
 import torch
+from helpers import nan_loss_at_call, run_train
+from helpers import step_losses as _losses
 
 from fastssl import train as train_cli
 
-
-def _run(args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}, timeout=600, **kw)
+_run = functools.partial(run_train, timeout=600)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -55,10 +55,6 @@ def test_chunk_size_must_divide_the_per_process_batch(tiny_args, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _losses(out):
-    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-
-
 def test_resume_after_sigkill_is_bit_exact(tiny_args, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     flags = ("--eval", "none", "--epochs", "1", "--chunk-size", "4")
@@ -83,23 +79,13 @@ def test_resume_after_sigkill_is_bit_exact(tiny_args, tmp_path):
 def test_bf16_channels_last_and_nan_stop(tiny_args, tmp_path, monkeypatch, capsys):
     """In-process runs: bf16 autocast over chunks trains (finite losses); a NaN loss at step 3 stops
     before the update with the last good checkpoint (step 2) intact."""
-    from fastssl.methods import simclr
-
     out = tmp_path / "bf16"
     assert train_cli.main(tiny_args(out, "--eval", "none", "--epochs", "1", "--chunk-size", "8",
                                     "--precision", "bf16")) == 0
     losses = _losses(out)
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
 
-    calls = {"n": 0}
-    real = simclr.nt_xent
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(simclr, "nt_xent", flaky)
+    calls = nan_loss_at_call(monkeypatch, 3)
     out = tmp_path / "nan"
     capsys.readouterr()
     assert train_cli.main(tiny_args(out, "--ckpt-every", "2", "--eval", "none", "--chunk-size", "4")) == 1

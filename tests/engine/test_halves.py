@@ -3,22 +3,16 @@ against a plain-Python reference, the fused loss path against the reference ops,
 bad flags through the real CLI, and a tiny end-to-end run through ``python -m fastssl.train``."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import pictures_under_reseeded_rng
+from helpers import run_train as _run
 
 from fastssl.methods import build_method
 from fastssl.methods.halves import complementary_masks, complementary_masks_ref, keep_count
 from fastssl.ops import random_masking
 from fastssl.train import parse_config
-
-
-def _run(args):
-    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=900)
 
 
 def _tiny(data, out, *extra):
@@ -112,19 +106,13 @@ def test_forward_is_reproducible_from_the_global_seed():
 def test_visualize_is_deterministic_and_keeps_global_rng(tmp_path):
     m = _method().eval()
     views = [torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)]
-    state = torch.get_rng_state()
-    with torch.no_grad():
-        m.visualize(views, torch.zeros(3), tmp_path / "a.png", 0)
-        torch.manual_seed(123)
-        m.visualize(views, torch.zeros(3), tmp_path / "b.png", 0)
-        m.visualize(views, torch.zeros(3), tmp_path / "c.png", 1)
-    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # same masks, same picture
-    assert (tmp_path / "c.png").is_file()
+    pa, pb, pc = pictures_under_reseeded_rng(m, views, tmp_path, epochs=(0, 0, 1))
+    assert pa.read_bytes() == pb.read_bytes()  # same masks, same picture
+    assert pc.is_file()
     from PIL import Image
 
-    a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    a, b = Image.open(pa), Image.open(pb)
     assert a.size == b.size and a.width > 4 * 16 and a.height > 3 * 16
-    torch.set_rng_state(state)
 
 
 @pytest.mark.parametrize("flags,needle", [

@@ -2,20 +2,14 @@
 beta2 0.95), the picture hook's determinism, and flags validated where they are parsed."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import pictures_under_reseeded_rng
+from helpers import run_train as _run
 
 from fastssl.methods import build_method
 from fastssl.train import parse_config
-
-
-def _run(args):
-    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=900)
 
 
 def _tiny(tiny_data, out, *extra):
@@ -49,14 +43,8 @@ def test_visualize_is_deterministic_and_keeps_global_rng(tmp_path):
     cfg = parse_config(["--method", "mae", "--image-size", "16", "--decoder-depth", "1", "--decoder-dim", "32"])
     torch.manual_seed(0)
     m = build_method("mae", cfg).eval()
-    views = [torch.randn(3, 3, 16, 16)]
-    state = torch.get_rng_state()
-    with torch.no_grad():
-        m.visualize(views, torch.zeros(3), tmp_path / "a.png", 0)
-        torch.manual_seed(123)
-        m.visualize(views, torch.zeros(3), tmp_path / "b.png", 1)
-    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
-    torch.set_rng_state(state)
+    pa, pb = pictures_under_reseeded_rng(m, [torch.randn(3, 3, 16, 16)], tmp_path, epochs=(0, 1))
+    assert pa.read_bytes() == pb.read_bytes()
 
 
 @pytest.mark.parametrize("flags,needle", [

@@ -1,5 +1,6 @@
 """`python -m fastssl.train`: a tiny end-to-end run, exact resume after SIGKILL, signals, bad input."""
 
+import functools
 import json
 import os
 import signal
@@ -9,13 +10,11 @@ import time
 
 import pytest
 import torch
+from helpers import nan_loss_at_call, run_train, step_losses
 
 from fastssl import train as train_cli
 
-
-def _run(args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "fastssl.train", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}, timeout=600, **kw)
+_run = functools.partial(run_train, timeout=600)
 
 
 def _model(path):
@@ -97,18 +96,8 @@ def test_sigterm_checkpoints_then_exits(tiny_args, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_args, tmp_path, monkeypatch, capsys):
-    from fastssl.methods import simclr
-
     out = tmp_path / "run"
-    calls = {"n": 0}
-    real = simclr.nt_xent
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] == 5 else loss
-
-    monkeypatch.setattr(simclr, "nt_xent", flaky)
+    nan_loss_at_call(monkeypatch, 5)
     assert train_cli.main(tiny_args(out, "--ckpt-every", "2", "--eval", "none")) == 1
     err = capsys.readouterr().err
     assert "loss is nan" in err and "last good checkpoint" in err
@@ -214,7 +203,7 @@ def test_other_arch_optimizer_precision(arch, optimizer, precision, tiny_args, t
     args = tiny_args(out, "--arch", arch, "--optimizer", optimizer, "--precision", precision, "--epochs", "1",
                      "--eval", "none", "--lr", "0.001" if optimizer == "adamw" else "0.1")
     assert train_cli.main(args) == 0
-    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    losses = step_losses(out)
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["config"]["arch"] == arch and saved["config"]["optimizer"] == optimizer
