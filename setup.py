@@ -14,12 +14,12 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ["fastssl", "fastssl.ops", "fastssl.models", "fastssl.methods", "fastssl.data",
-            "fastssl.kernels", "fastssl.csrc"]
+PACKAGES = ["fastssl", "fastssl.base", "fastssl.cli", "fastssl.engine", "fastssl.evaluation", "fastssl.methods",
+            "fastssl.data", "fastssl.models", "fastssl.ops", "fastssl.kernels", "fastssl.csrc"]
 
 
 def _aot_extension():
-    path = ROOT / "fastssl" / "_build_config.py"
+    path = ROOT / "fastssl" / "ops" / "_build_config.py"
     spec = importlib.util.spec_from_file_location("_fastssl_build_config", path)
     cfg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cfg)
@@ -46,7 +46,7 @@ setup(
     packages=PACKAGES,
     package_dir={"fastssl.kernels": "kernels", "fastssl.csrc": "csrc"},
     package_data={"fastssl.csrc": ["*.cpp", "*.h", "cuda/*.cu", "cuda/*.h"],
-                  "fastssl": ["configs/*/*.yaml"]},  # the training presets (fastssl.presets)
+                  "fastssl": ["configs/*/*.yaml"]},  # the training presets (fastssl.cli.presets)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

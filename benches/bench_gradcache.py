@@ -1,4 +1,4 @@
-"""Gradient-cached SimCLR step (``--chunk-size``, fastssl.gradcache) against the unchunked step on the
+"""Gradient-cached SimCLR step (``--chunk-size``, fastssl.engine.gradcache) against the unchunked step on the
 CPU: SimCLR ResNet-18 at the demo size (width 16, 64 px, 2 views, projector 2048 -> 128, LARS), global
 batch B = 256, 1024, 4096, chunks of C = 128 images. Rows go to benches/results/<cpu>.csv.
 
@@ -45,7 +45,7 @@ def build(batch: int, chunk: int, device="cpu", flags=(), views_dtype=torch.floa
     backend's per-shape set-up (oneDNN primitives, cuDNN algorithms) is not timed."""
     from train_setup import build_training
 
-    from fastssl.gradcache import Embedder, GradCache
+    from fastssl.engine.gradcache import Embedder, GradCache
 
     argv = ["--method", "simclr", "--batch-size", str(batch), *flags]
     if chunk:

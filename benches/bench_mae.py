@@ -23,7 +23,8 @@ import harness
 import torch
 import torch.nn.functional as F
 
-from fastssl.models.mae import MAEDecoder, init_mae_weights, mae_forward
+from fastssl.methods.mae import mae_forward
+from fastssl.models.mae import MAEDecoder, init_mae_weights
 from fastssl.models.vit import vit_tiny
 from fastssl.ops import (
     masked_patch_embed,

@@ -1,4 +1,4 @@
-"""GPU rows of the gradient-cached SimCLR step (``--chunk-size``, fastssl.gradcache): ResNet-50 at 224 px.
+"""GPU rows of the gradient-cached SimCLR step (``--chunk-size``, fastssl.engine.gradcache): ResNet-50 at 224 px.
 
 Rows (called by benches/gpu_check.sh; plain script, no pytest), SimCLR ResNet-50 (width 64, projector
 2048 -> 128, LARS) at 224 px, 2 views, bf16 autocast, channels_last, as ``python -m fastssl.train

@@ -11,11 +11,11 @@ def build_training(argv: list[str], device: torch.device | str, seed: int | None
     defaults (``fastssl.train.parse_config``), weights drawn after ``torch.manual_seed(seed)`` (default:
     the config's ``--seed``), global BatchNorm (``global_bn``, a no-op in one process), moved to ``device``
     in channels_last, the method's optimizer at the batch-scaled learning rate."""
+    from fastssl.cli.train import parse_config
+    from fastssl.engine.optim import build_optimizer, scaled_lr
+    from fastssl.engine.parallel import convert_global_bn
     from fastssl.methods import build_method
     from fastssl.models import to_channels_last
-    from fastssl.optim import build_optimizer, scaled_lr
-    from fastssl.parallel import convert_global_bn
-    from fastssl.train import parse_config
 
     cfg = parse_config(argv)
     device = torch.device(device)

@@ -44,9 +44,8 @@ def device(request):
 @pytest.fixture
 def fastssl_cache(tmp_path, monkeypatch):
     """A private FASTSSL_CACHE for tests that write caches (the built extension stays shared)."""
-    from fastssl import _ext
+    from fastssl.base.cache import cache_dir
 
-    ext_dir = _ext.cache_dir()
-    monkeypatch.setenv("FASTSSL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(_ext, "cache_dir", lambda: tmp_path / "cache")
+    ext_dir = cache_dir()
+    monkeypatch.setenv("FASTSSL_CACHE", str(tmp_path / "cache"))  # cache_dir() reads it at every call
     yield tmp_path / "cache", ext_dir

@@ -1,10 +1,10 @@
-"""fastssl.color: Lab conversion, the in-gamut ab bins, soft encoding, rebalancing weights, annealed mean."""
+"""fastssl.methods._color: Lab conversion, the in-gamut ab bins, soft encoding, rebalancing weights, annealed mean."""
 
 import numpy as np
 import pytest
 import torch
 
-from fastssl.color import (
+from fastssl.methods._color import (
     RGB_TO_XYZ,
     WHITE_D65,
     ab_gamut_bins,

@@ -3,12 +3,13 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from fastssl import _build_config as cfg
-from fastssl import _ext
+from fastssl.ops import _build_config as cfg
+from fastssl.ops import _ext
 
 
 def test_build_info_reports_cpu_and_cuda_parts():
@@ -50,7 +51,7 @@ def test_concurrent_first_builds_share_one_build(tmp_path):
     """Two processes building into an empty cache at once: both load, one compiles (file lock)."""
     script = textwrap.dedent(
         """
-        from fastssl import _ext
+        from fastssl.ops import _ext
         print(_ext.build_info()["cpu"])
         """
     )
@@ -82,3 +83,42 @@ def test_cuda_home_is_corrected_when_cpp_extension_was_imported_first(monkeypatc
     monkeypatch.delenv("CUDA_HOME", raising=False)
     _ext._jit_build()  # loads the cached build (same flags), or rebuilds correctly
     assert cpp_extension.CUDA_HOME == cfg.cuda_home()
+
+
+def test_build_key_follows_the_torch_installation_and_the_sources_folder(monkeypatch):
+    sources = cfg.cpp_sources()
+    key = _ext._build_key(sources, ["-O3"], "2.14.1", "/venv-a/site-packages/torch")
+    assert key == _ext._build_key(sources, ["-O3"], "2.14.1", "/venv-a/site-packages/torch")
+    assert key != _ext._build_key(sources, ["-O3"], "2.14.1", "/venv-b/site-packages/torch")  # same version
+    assert key != _ext._build_key(sources, ["-O2"], "2.14.1", "/venv-a/site-packages/torch")
+    monkeypatch.setattr(cfg, "csrc_dir", lambda: Path("/another/checkout/csrc"))
+    assert key != _ext._build_key(sources, ["-O3"], "2.14.1", "/venv-a/site-packages/torch")
+
+
+@pytest.mark.slow
+def test_two_torch_installations_each_build_once_then_load_without_compiling(tmp_path):
+    """Two environments with the same torch version alternate (A, B, A, B): each compiles once, into its own
+    folder, and then loads without compiling. Environment B sees torch through another site-packages folder
+    (a symlink: cpp_extension then writes other include paths into build.ninja, as a second virtual
+    environment does); with one shared build folder ninja rebuilt at every switch."""
+    import os
+
+    import torch
+
+    site_b = tmp_path / "site-b"
+    site_b.mkdir()
+    (site_b / "torch").symlink_to(Path(torch.__file__).parent)
+    script = "from fastssl.ops import _ext; import torch; print(_ext.build_info()['cpu'], torch.__file__)"
+    base = {**os.environ, "FASTSSL_CACHE": str(tmp_path / "cache"), "FASTSSL_SKIP_CUDA": "1",
+            "FASTSSL_FORCE_JIT": "1"}
+    envs = {"A": base, "B": {**base, "PYTHONPATH": os.pathsep.join([str(site_b), base.get("PYTHONPATH", "")])}}
+    compiled = []
+    for name in "ABAB":
+        p = subprocess.run([sys.executable, "-c", script], env=envs[name], capture_output=True, text=True,
+                           timeout=900)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split()[0] == "True"
+        assert (str(site_b) in p.stdout) == (name == "B")
+        compiled.append("compiling the extension" in p.stderr)
+    assert compiled == [True, True, False, False], compiled
+    assert len(list((tmp_path / "cache" / "ext").glob("fastssl_C_*/*.so"))) == 2

@@ -74,10 +74,10 @@ def test_gpu_check_smoke_run_wires_every_step_and_still_fails(tmp_path):
                                     ("gpu_fake_env", "", "None")):
         (tmp_path / f"{name}.py").write_text(_FAKE_BENCH.format(benches=str(BENCHES), out_arg=out_arg,
                                                                 op=name, out_expr=out_expr))
-    from fastssl import _ext
+    from fastssl.base.cache import cache_dir
 
     p = _run_check(tmp_path, "res", "abc1234", CUDA_VISIBLE_DEVICES="", GPU_CHECK_SMOKE="1",
-                   FASTSSL_CACHE=str(_ext.cache_dir()),  # the extension this session already built
+                   FASTSSL_CACHE=str(cache_dir()),  # the extension this session already built
                    GPU_CHECK_TESTS="tests/ops/test_jigsaw_permutations.py",
                    GPU_CHECK_BENCHES=f"{tmp_path}/gpu_fake_*.py {BENCHES}/gpu_train.py")
     out = p.stdout + p.stderr
@@ -177,7 +177,7 @@ def test_info_exits_nonzero_when_the_extension_is_not_built(tmp_path):
 
 
 def test_info_require_cuda_fails_without_a_device(monkeypatch, capsys):
-    from fastssl import info
+    from fastssl.cli import info
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert info.main(["--require-cuda"]) == 1
@@ -186,7 +186,7 @@ def test_info_require_cuda_fails_without_a_device(monkeypatch, capsys):
 
 
 def test_info_cuda_problems_name_a_missing_cuda_part_and_a_wrong_arch(monkeypatch):
-    from fastssl import info
+    from fastssl.cli import info
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (8, 6))

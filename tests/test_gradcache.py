@@ -1,4 +1,4 @@
-"""Gradient caching (--chunk-size, fastssl.gradcache): the chunked step against the unchunked one, on
+"""Gradient caching (--chunk-size, fastssl.engine.gradcache): the chunked step against the unchunked one, on
 CPU and CUDA (float64 unless said otherwise): equal gradients without batch statistics; the documented
 ghost-BN semantics with BatchNorm (running stats once per chunk); replayed random draws (CPU and CUDA
 generators); bf16 autocast; 2 gloo processes equal the unchunked DDP step and 1 process. Outside
@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from fastssl import train as train_cli
-from fastssl.gradcache import Embedder, GradCache
+from fastssl.cli import train as train_cli
+from fastssl.engine.gradcache import Embedder, GradCache
 from fastssl.methods import build_method
 from fastssl.models import to_channels_last
 from tests.helpers import assert_rel_close

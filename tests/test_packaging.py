@@ -31,7 +31,7 @@ def test_wheel_contains_kernels_and_sources(tmp_path):
     wheel = next((tmp_path / "dist").glob("fastssl-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for want in ["fastssl/__init__.py", "fastssl/kernels/__init__.py", "fastssl/ops/__init__.py",
-                 "fastssl/_build_config.py", "fastssl/csrc/ops.cpp", "fastssl/csrc/hamming_greedy.h",
+                 "fastssl/ops/_build_config.py", "fastssl/csrc/ops.cpp", "fastssl/csrc/hamming_greedy.h",
                  "fastssl/csrc/cuda/hamming_greedy.cu"]:
         assert want in names, f"{want} missing from {wheel.name}"
     assert not any(n.startswith("kernels/") or n.startswith("csrc/") for n in names), "top-level leak"
@@ -40,7 +40,7 @@ def test_wheel_contains_kernels_and_sources(tmp_path):
             assert "fastssl/" + f in names
     presets = [f for f in files if f.startswith("fastssl/configs/") and f.endswith(".yaml")]
     assert presets and all(p in names for p in presets), [p for p in presets if p not in names]
-    assert "fastssl/presets.py" in names
+    assert "fastssl/cli/presets.py" in names
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .. import _ext
+from fastssl.base.cache import cache_dir
+
 from .cached_folder import cached_folder
 
 VERSION = "v2"  # v2: upright shapes and light from above (v1 rotated both uniformly)
@@ -159,7 +160,7 @@ def generate_demo(out: str | os.PathLike, seed: int = 0, n_train: int = 6000, n_
 def demo_root(seed: int = 0, *, n_train: int = 6000, n_val: int = 1200, size: int = 64,
               cache: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The demo dataset's root (with train/ and val/), generated on first use; see the module docstring."""
-    base = Path(cache) if cache is not None else _ext.cache_dir() / "demo"
+    base = Path(cache) if cache is not None else cache_dir() / "demo"
     final = base / f"shapes12-{VERSION}-s{seed}-{n_train}-{n_val}-{size}"
 
     def announce(stale: bool) -> None:

@@ -54,7 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastssl.errors import DataError
+from fastssl.base.errors import DataError
+from fastssl.data.vallist import read_val_entries
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
                     ".jp2", ".j2k")
@@ -123,7 +124,7 @@ def _report(bad: list[tuple[str, str]], where: Path, on_bad: str, total: int) ->
 def _validate(files: list[str], labels: list[int], on_bad: str, where: Path, verify: str):
     """Cheap check of every file, then the full-decode verification (verify.py) where due; drops the
     second path to a file already listed (same device and inode: a symlink or hard link)."""
-    from .verify import check_verified
+    from .decode_check import check_verified
 
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
@@ -343,6 +344,17 @@ def epoch_shard(src: ImageFolderSource, *, epoch: int, seed: int, shard_id: int 
     return [src.files[i] for i in idx], [src.labels[i] for i in idx]
 
 
+def read_val_list(list_file: str | os.PathLike, image_root: str | os.PathLike | None, classes: list[str], *,
+                  validate: bool = True, on_bad: str = "error", verify: str = "auto") -> ImageFolderSource:
+    """The val split named by ``list_file`` (fastssl.data.vallist) as an ``ImageFolderSource`` whose labels
+    index ``classes``; files in list order. ``image_root``: where relative names are (None: the list
+    file's folder). Raises ``DataError`` (one line) for a bad list (fastssl.data.vallist's refusals)."""
+    root, files, labels = read_val_entries(list_file, image_root, classes)
+    src = ImageFolderSource.__new__(ImageFolderSource)
+    src._init(root, files, labels, classes, validate, on_bad, verify)
+    return src
+
+
 def dataset_splits(root: str | os.PathLike, *, on_bad: str = "error", verify: str = "auto",
                    val_list: str | os.PathLike | None = None):
     """(train source, val source or None) of a dataset root: ``root/train`` (+ ``root/val``) of class
@@ -355,8 +367,6 @@ def dataset_splits(root: str | os.PathLike, *, on_bad: str = "error", verify: st
     has_train = (root / "train").is_dir()
     train = ImageFolderSource(root, split="train", **kw) if has_train else ImageFolderSource(root, **kw)
     if val_list is not None:
-        from .vallist import read_val_list
-
         return train, read_val_list(val_list, root / "val" if (root / "val").is_dir() else None, train.classes,
                                     **kw)
     if has_train and (root / "val").is_dir():

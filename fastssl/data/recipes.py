@@ -36,9 +36,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nvidia.dali import fn, types
+from fastssl.base.constants import IMAGENET_MEAN, IMAGENET_STD
 
-from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
+# nvidia.dali is imported inside the graph-building functions only: the recipes' names, defaults and
+# option checks (used when flags are parsed) work where DALI is not installed (the GPU check's machine).
 
 
 @dataclass
@@ -125,18 +126,22 @@ def _check_option(recipe: str, name: str, value) -> None:
 # ----------------------------------------------------------------------------- building blocks
 
 def _decode(encoded, ctx: Ctx):
+    from nvidia.dali import fn, types
     return fn.decoders.image(encoded, device=ctx.decode_device, output_type=types.RGB)
 
 
 def _coin(p: float):
+    from nvidia.dali import fn
     return fn.random.coin_flip(probability=float(p))
 
 
 def _fcoin(p: float):
+    from nvidia.dali import fn, types
     return fn.cast(_coin(p), dtype=types.FLOAT)
 
 
 def _uniform(lo: float, hi: float):
+    from nvidia.dali import fn
     return fn.random.uniform(range=(float(lo), float(hi)))
 
 
@@ -151,6 +156,7 @@ def _colour(img, ctx: Ctx):
     """Colour jitter (p=jitter_p) and random grayscale (p=gray_p) in one color_twist.
 
     Grayscale is saturation 0 (luma), so multiplying the saturation factors composes both."""
+    from nvidia.dali import fn
     o = ctx.opts
     applied = _fcoin(o["jitter_p"])
     brightness = _jitter_factor(o["brightness"], applied)
@@ -164,6 +170,7 @@ def _colour(img, ctx: Ctx):
 def _blur(img, p: float, ctx: Ctx):
     """Gaussian blur with probability p, sigma ~ U(blur_sigma) * image_size/224. With p < 1 the blur is
     a DALI conditional, so only the selected samples pay for it."""
+    from nvidia.dali import fn
     if p <= 0:
         return img
     lo, hi = ctx.opts["blur_sigma"]
@@ -177,6 +184,7 @@ def _blur(img, p: float, ctx: Ctx):
 
 def _solarize(img, p: float, ctx: Ctx):
     """x -> 255 - x where x >= 128, with probability p (a conditional: only selected samples pay)."""
+    from nvidia.dali import fn, types
     if p <= 0:
         return img
     if _coin(p):
@@ -186,6 +194,7 @@ def _solarize(img, p: float, ctx: Ctx):
 
 
 def _random_crop(img, ctx: Ctx):
+    from nvidia.dali import fn
     s = ctx.image_size
     img = fn.resize(img, resize_shorter=float(round(s * ctx.opts["resize"])), device=ctx.dev)
     return fn.crop(img, crop=(s, s), crop_pos_x=_uniform(0, 1), crop_pos_y=_uniform(0, 1), device=ctx.dev)
@@ -198,6 +207,7 @@ def _per_view(value, i: int) -> float:
 # ----------------------------------------------------------------------------- recipes
 
 def _simclr(encoded, ctx: Ctx):
+    from nvidia.dali import fn
     o, s = ctx.opts, ctx.image_size
     img = _decode(encoded, ctx)
     views = []
@@ -212,6 +222,7 @@ def _simclr(encoded, ctx: Ctx):
 
 
 def _mae(encoded, ctx: Ctx):
+    from nvidia.dali import fn, types
     o, s = ctx.opts, ctx.image_size
     img = fn.decoders.image_random_crop(encoded, device=ctx.decode_device, output_type=types.RGB,
                                         random_area=tuple(o["scale"]), random_aspect_ratio=tuple(o["ratio"]))
@@ -220,6 +231,7 @@ def _mae(encoded, ctx: Ctx):
 
 
 def _eval(encoded, ctx: Ctx):
+    from nvidia.dali import fn
     s = ctx.image_size
     img = fn.resize(_decode(encoded, ctx), resize_shorter=float(round(s / ctx.opts["crop_ratio"])),
                     device=ctx.dev)

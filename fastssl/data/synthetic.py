@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .. import _ext
+from fastssl.base.cache import cache_dir
+
 from .cached_folder import cached_folder
 
 VERSION = "v1"
@@ -53,7 +54,7 @@ def generate(out: str | os.PathLike, n_images: int = 320, n_classes: int = 1000,
              seed: int = 0, progress: bool = True) -> Path:
     """Write ``train/<wnid>/`` for ``n_classes`` classes and ``n_images`` JPEGs into ``out``; image i goes
     to class ``(i * 7919) % n_classes`` (spread over the folders; 7919 is prime)."""
-    from fastssl.progress import Progress
+    from fastssl.base.progress import Progress
 
     out = Path(out)
     for k in range(n_classes):
@@ -71,7 +72,7 @@ def generate(out: str | os.PathLike, n_images: int = 320, n_classes: int = 1000,
 def imagenet_like_root(n_images: int = 320, n_classes: int = 1000, size: tuple[int, int] = (500, 375), *,
                        cache: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The generated folder's root (with ``train/``), generated on first use; see the module docstring."""
-    base = Path(cache) if cache is not None else _ext.cache_dir() / "dryrun"
+    base = Path(cache) if cache is not None else cache_dir() / "dryrun"
     final = base / f"imagenet-like-{VERSION}-{n_images}-{n_classes}-{size[0]}x{size[1]}"
 
     def announce(stale: bool) -> None:

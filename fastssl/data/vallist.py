@@ -1,6 +1,6 @@
 """The ImageNet validation set as it is distributed: one flat folder of 50,000 files plus a label file.
 
-``read_val_list(list_file, image_root, classes)`` builds the val source from a label file instead of
+``read_val_entries(list_file, image_root, classes)`` reads the val source from a label file instead of
 ``val/<class>/`` folders. Two forms are accepted (told apart by the first non-comment line):
 
 - Text lines ``<file> <class name>`` (whitespace-separated; ``#`` starts a comment), e.g.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastssl.errors import DataError
+from fastssl.base.errors import DataError
 
 KAGGLE_HEADER = "ImageId,PredictionString"
 FORMS = ("'<file> <wnid>' lines, or Kaggle's LOC_val_solution.csv (ImageId,PredictionString)")
@@ -73,13 +73,12 @@ def _entries(lf: Path) -> list[tuple[int, str, str]]:
     return out
 
 
-def read_val_list(list_file: str | os.PathLike, image_root: str | os.PathLike | None, classes: list[str], *,
-                  validate: bool = True, on_bad: str = "error", verify: str = "auto"):
-    """The val split named by ``list_file`` (module docstring) as an ``ImageFolderSource`` whose labels
-    index ``classes``; files in list order. ``image_root``: where relative names are (None: the list
-    file's folder). Raises ``DataError`` (one line) for every refusal listed in the module docstring."""
-    from .folders import ImageFolderSource
-
+def read_val_entries(list_file: str | os.PathLike, image_root: str | os.PathLike | None,
+                     classes: list[str]) -> tuple[Path, list[str], list[int]]:
+    """(image root, files, labels) of the val split named by ``list_file`` (module docstring): labels index
+    ``classes``, files in list order. ``image_root``: where relative names are (None: the list file's
+    folder). Raises ``DataError`` (one line) for every refusal listed in the module docstring. The source
+    is built by ``fastssl.data.folders.read_val_list``."""
     lf = Path(list_file).expanduser()
     if lf.is_dir():
         raise DataError(f"--val-list {lf} is a folder; give the label file ({FORMS})")
@@ -103,6 +102,4 @@ def read_val_list(list_file: str | os.PathLike, image_root: str | os.PathLike | 
     if missing:
         raise DataError(f"--val-list {lf}: {len(missing)} listed file(s) do not exist under {root}, e.g. "
                         f"{missing[0]} (line {line_of[missing[0]]})")
-    src = ImageFolderSource.__new__(ImageFolderSource)
-    src._init(root, files, labels, classes, validate, on_bad, verify)
-    return src
+    return root, files, labels

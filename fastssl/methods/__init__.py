@@ -15,15 +15,6 @@ from fastssl.methods import (  # noqa: F401  (each import registers its method)
     rotation,
     simclr,
 )
-from fastssl.methods.base import METHODS, Method, backbone_kwargs, register
-
-
-def build_method(name: str, cfg: dict) -> Method:
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}") from None
-    return cls(cfg)
-
+from fastssl.methods.base import METHODS, Method, backbone_kwargs, build_method, register
 
 __all__ = ["METHODS", "Method", "backbone_kwargs", "build_method", "register"]

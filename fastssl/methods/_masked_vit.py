@@ -3,7 +3,7 @@ encoder (fixed sin-cos position embeddings, mean pooling, the original MAE init)
 
 from __future__ import annotations
 
-from fastssl.errors import ConfigError
+from fastssl.base.errors import ConfigError
 from fastssl.methods.base import backbone_kwargs
 from fastssl.models import build_backbone
 from fastssl.models.mae import MAEDecoder, init_mae_weights

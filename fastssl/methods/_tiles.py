@@ -1,11 +1,17 @@
-"""Shared parts of the tile pretext methods (jigsaw, context): flags, the tile size, picture helpers."""
+"""Shared parts of the tile pretext methods (jigsaw, context): flags, the tile size, the method skeleton
+(:class:`TileMethod`: tiles -> shared backbone -> concatenated features -> classifier) and picture helpers."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from fastssl.argtypes import positive_int, probability  # noqa: F401  (flag types of the tile methods)
-from fastssl.errors import ConfigError
+from fastssl.base.argtypes import positive_int, probability  # noqa: F401  (flag types of the tile methods)
+from fastssl.base.errors import ConfigError
+from fastssl.methods.base import Method
+from fastssl.models import MLPHead
+from fastssl.ops import sample_tiles
+from fastssl.ops.sample_tiles import sample_tiles_op
 
 GRID = 3  # 3x3 cells, as in both papers
 
@@ -35,7 +41,7 @@ def check_tile_config(cfg: dict) -> None:
 
 def arrange(tiles: torch.Tensor, cells: list[int], grid: int = GRID, gap: int = 2, fill: float = 1.0) -> torch.Tensor:
     """Place tiles ``(n, C, t, t)`` at grid ``cells`` (row-major) of a ``grid x grid`` canvas with gaps;
-    empty cells stay ``fill``. Returns ``(C, side, side)`` for ``fastssl.viz.save_grid``."""
+    empty cells stay ``fill``. Returns ``(C, side, side)`` for ``fastssl.base.viz.save_grid``."""
     n, C, t, _ = tiles.shape
     side = grid * t + (grid - 1) * gap
     canvas = torch.full((C, side, side), fill, dtype=tiles.dtype)
@@ -43,3 +49,76 @@ def arrange(tiles: torch.Tensor, cells: list[int], grid: int = GRID, gap: int = 
         y, x = divmod(int(cell), grid)
         canvas[:, y * (t + gap):y * (t + gap) + t, x * (t + gap):x * (t + gap) + t] = tiles[k]
     return canvas
+
+
+class TileMethod(Method):
+    """A tile task: ``sample_tiles(kind)`` cuts ``n_tiles`` tiles of each image and a label; every tile goes
+    through the backbone (shared weights), the features are concatenated in the tiles' order and an MLP
+    predicts the label (cross-entropy). Subclasses set ``recipe`` (= the sample_tiles kind), ``n_tiles``,
+    ``num_classes(cfg)``, and ``picture_row`` / ``picture_columns`` for the picture; ``sample_kwargs()``
+    adds kind-specific arguments of sample_tiles (jigsaw's permutation set)."""
+
+    n_tiles: int = 0
+    picture_columns: list[str] = []
+
+    @classmethod
+    def check_config(cls, cfg):
+        check_tile_config(cfg)
+
+    @staticmethod
+    def num_classes(cfg: dict) -> int:
+        raise NotImplementedError
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.tile = tile_size(cfg)
+        sample_tiles_op()  # load the extension now, not inside a torch.compile trace
+
+    def build_head(self) -> None:
+        """The classifier on the ``n_tiles`` concatenated features (after subclass buffers are set)."""
+        self.head = MLPHead(self.n_tiles * self.backbone.feature_dim, self.cfg["head_hidden"],
+                            self.num_classes(self.cfg), num_layers=2)
+
+    def sample_kwargs(self) -> dict:
+        return {}
+
+    def sample(self, x: torch.Tensor, generator=None, draws=None):
+        """``fastssl.ops.sample_tiles`` of this task on images ``x`` (B, C, H, W) with the run's guards."""
+        c = self.cfg
+        return sample_tiles(x, self.recipe, tile=self.tile, grid=GRID, normalize=not c["no_tile_norm"],
+                            gray_p=c["gray_p"], drop_p=c["drop_p"], generator=generator, draws=draws,
+                            **self.sample_kwargs())
+
+    def logits(self, tiles: torch.Tensor) -> torch.Tensor:
+        """tiles (B, n_tiles, C, t, t) -> class logits (B, num_classes)."""
+        B = tiles.shape[0]
+        f = self.backbone(tiles.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        return self.head(f.reshape(B, -1))
+
+    def forward(self, views, labels):
+        r = self.sample(views[0])
+        logits = self.logits(r.tiles).float()
+        loss = F.cross_entropy(logits, r.labels)
+        with torch.no_grad():
+            acc = (logits.argmax(1) == r.labels).float().mean()
+        return loss, {"acc": acc}
+
+    def picture_row(self, image, shown, true: int, guess: int) -> tuple[list, str]:
+        """(the row's images, its title) for one image of the picture."""
+        raise NotImplementedError
+
+    def visualize(self, views, labels, path, epoch):
+        from fastssl.base.viz import denormalize, save_grid
+
+        x = views[0][:6]
+        r = self.sample(x, generator=torch.Generator().manual_seed(0))  # the same draws every epoch
+        pred = self.logits(r.tiles).argmax(1).cpu()
+        images = denormalize(x)
+        kw = {k: v.cpu() for k, v in self.sample_kwargs().items()}
+        shown = sample_tiles(images, self.recipe, tile=self.tile, grid=GRID, draws=r.draws.cpu(), **kw).tiles
+        rows, titles = [], []
+        for b in range(x.shape[0]):
+            row, title = self.picture_row(images[b], shown[b], int(r.labels[b]), int(pred[b]))
+            rows.append(row)
+            titles.append(title)
+        save_grid(rows, path, row_titles=titles, col_titles=[f"epoch {epoch}", *self.picture_columns])

@@ -7,15 +7,15 @@ It never decodes images (DATA does) and never touches the optimizer (the trainer
 Hooks every method may override (the trainer calls them and never names a method):
 - ``add_args(parser)``: the method's own flags, validated where they are parsed (argparse ``type=``).
 - ``check_config(cfg)``: checks across flags (e.g. a contrastive method needs a global batch >= 2);
-  raise ``fastssl.errors.ConfigError`` with a one-line message naming the flag.
+  raise ``fastssl.base.errors.ConfigError`` with a one-line message naming the flag.
 - ``visualize(views, labels, path, epoch)``: a PNG of what the task sees and predicts, for a fixed set
   of ``viz_images`` images (val split if any, else train) decoded with ``viz_recipe`` (default: the
   method's own recipe) at a fixed seed. Called by rank 0 before the first step (epoch 0) and after
   every epoch (epoch e+1), in eval mode under ``torch.no_grad()`` and with the global RNG state saved
-  and restored (so it never changes what training computes); write with ``fastssl.viz.save_grid``.
+  and restored (so it never changes what training computes); write with ``fastssl.base.viz.save_grid``.
 - ``chunkable = True`` with ``embed(views) -> z`` (per-image embeddings, view-major rows) and
   ``loss_from_embeddings(z) -> (loss, metrics)`` (``forward`` = their composition): the method can
-  train with ``--chunk-size`` (gradient caching, fastssl.gradcache).
+  train with ``--chunk-size`` (gradient caching, fastssl.engine.gradcache).
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ def register(name: str):
         return cls
 
     return wrap
+
+
+def build_method(name: str, cfg: dict) -> Method:
+    """An instance of the method registered as ``name`` (every method is registered once the package
+    ``fastssl.methods`` is imported); ValueError naming the known methods otherwise."""
+    try:
+        cls = METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}") from None
+    return cls(cfg)
 
 
 def backbone_kwargs(arch: str, image_size: int, width: int) -> dict:
@@ -75,12 +85,15 @@ class Method(nn.Module):
     # What visualize() is fed: recipe name (None: ``recipe``) and number of images.
     viz_recipe: str | None = None
     viz_images: int = 8
+    # The taps a run's final evaluation reports (fastssl.evaluation.taps.default_taps): "intermediate" (a
+    # pretext task's features peak mid-network: ResNet layer1..layer4 + pool) or "output" (contrastive).
+    eval_taps: str = "intermediate"
     # Gradient caching (--chunk-size): set True and implement embed / loss_from_embeddings (module doc).
     chunkable: bool = False
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
-        """Raise fastssl.errors.ConfigError for a bad combination of flags (called after parsing)."""
+        """Raise fastssl.base.errors.ConfigError for a bad combination of flags (called after parsing)."""
 
     @classmethod
     def dry_run_config(cls, cfg: dict) -> dict:

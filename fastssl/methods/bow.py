@@ -18,7 +18,6 @@ fastssl run with the same ``--arch``), then ``python -m fastssl.train --method b
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -26,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastssl.argtypes import positive_int, ranged
-from fastssl.errors import ConfigError
-from fastssl.methods.base import Method, register
+from fastssl.base.argtypes import positive_int, ranged
+from fastssl.base.cache import cache_dir
+from fastssl.base.errors import ConfigError
+from fastssl.base.viz import denormalize, save_grid
+from fastssl.methods._cached_pass import CachedPass
+from fastssl.methods.base import Method, build_method, register
 from fastssl.methods.kmeans import assign, kmeans
-from fastssl.viz import denormalize, save_grid
 
 HOW_TO_TEACHER = ("make one first, e.g. `python -m fastssl.train --method rotation --out runs/teacher` (any fastssl "
                   "run with the same --arch), then pass --teacher runs/teacher")
@@ -49,7 +50,7 @@ def teacher_path(teacher: str | None) -> Path:
 
 
 def load_teacher_checkpoint(teacher: str | None) -> dict:
-    from fastssl import checkpoint as ckpt_io
+    from fastssl.base import checkpoint as ckpt_io
 
     path = teacher_path(teacher)
     try:  # opened safely: plain data only, nothing in a handed-over file runs (issue 8, kind 5)
@@ -59,6 +60,21 @@ def load_teacher_checkpoint(teacher: str | None) -> dict:
     if not {"model", "config"} <= set(ckpt) or not isinstance(ckpt["config"], dict) or "method" not in ckpt["config"]:
         raise ConfigError(f"--teacher {teacher}: {path} is not a fastssl training checkpoint (no model/config)")
     return ckpt
+
+
+def stand_in_teacher(cfg: dict, method: str = "rotation") -> Path:
+    """A cached checkpoint ``{"model", "config"}`` of a randomly initialized (seed 0) ``method`` run with
+    ``cfg``'s arch, width and image size: the stand-in teacher of a dry run without ``--teacher``.
+    Returns its path (under ``$FASTSSL_CACHE/dryrun``)."""
+    from fastssl.base import checkpoint as ckpt_io
+
+    tcfg = {"method": method, "arch": cfg["arch"], "width": cfg["width"], "image_size": cfg["image_size"],
+            "head_hidden": 512, "seed": 0}
+    path = cache_dir() / "dryrun" / f"standin-{method}-{cfg['arch']}-w{cfg['width']}-{cfg['image_size']}.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        ckpt_io.atomic_save({"model": build_method(method, tcfg).state_dict(), "config": tcfg}, path)
+    return path
 
 
 def stage_features(backbone: nn.Module, x: torch.Tensor, layer: int) -> torch.Tensor:
@@ -140,9 +156,7 @@ class BoW(Method):
         stands in (cached; the cost is the real one, the targets are meaningless)."""
         if cfg["teacher"]:
             return {}
-        from fastssl.dryrun import stand_in_run
-
-        path = stand_in_run("rotation", cfg)
+        path = stand_in_teacher(cfg)
         print(f"fastssl.train: dry run: bow has no --teacher; a randomly initialized rotation {cfg['arch']} stands in "
               f"(same cost, meaningless targets): {path}", file=sys.stderr)
         return {"teacher": str(path)}
@@ -152,8 +166,6 @@ class BoW(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        from fastssl.methods import build_method
-
         ckpt = load_teacher_checkpoint(cfg["teacher"])
         t_cfg = dict(ckpt["config"])
         teacher = build_method(t_cfg["method"], t_cfg)
@@ -180,43 +192,23 @@ class BoW(Method):
         return f.flatten(2).transpose(1, 2)
 
     def _fit_vocab(self, cfg: dict, path: Path) -> torch.Tensor:
-        from fastssl import _ext
-        from fastssl import checkpoint as ckpt_io
-        from fastssl.data import demo_root, make_loader
-        from fastssl.eval import data_splits
-
-        src, _ = data_splits(cfg.get("data") or str(demo_root(seed=0)), val_list=cfg.get("val_list"))
-        n = min(cfg["vocab_images"], len(src))
         st = path.stat()
-        key = hashlib.sha256(repr((str(path.resolve()), st.st_size, st.st_mtime_ns, str(src.root), len(src), n,
-                                   cfg["image_size"], cfg["vocab_size"], cfg["teacher_layer"], cfg["kmeans_iters"],
-                                   1)).encode()).hexdigest()[:16]
-        cache = _ext.cache_dir() / "bow" / f"vocab_{key}.pt"
-        if cache.is_file():
-            return torch.load(cache, map_location="cpu", weights_only=True)
-        device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.teacher.to(device)
-        bs = min(256, n)
-        loader = make_loader(src, "eval", batch_size=bs, epoch=0, seed=0, device=device, image_size=cfg["image_size"],
-                             num_threads=cfg.get("workers") or 1, drop_last=False, shuffle=False)
-        feats, seen = [], 0
-        print(f"fastssl.train: bow: teacher features of {n} training images, k-means K={cfg['vocab_size']} "
-              f"(cached in {cache})", file=sys.stderr)
-        for views, _ in loader:
-            v = views[0][: n - seen]
-            f = self._local(v)
-            feats.append(f.reshape(-1, f.shape[-1]))
-            seen += v.shape[0]
-            if seen >= n:
-                break
+        key = ("bow-vocab", str(path.resolve()), st.st_size, st.st_mtime_ns, cfg["vocab_size"], cfg["teacher_layer"],
+               cfg["kmeans_iters"])
+        cp = CachedPass(cfg, "bow", "vocab", key, max_images=cfg["vocab_images"])
+        vocab = cp.cached()
+        if vocab is not None:
+            return vocab
+        self.teacher.to(cp.device)
+        what = f"teacher features for k-means K={cfg['vocab_size']}"
+        feats = [self._local(x).flatten(0, 1) for x in cp.batches(what)]
         x = torch.cat(feats)
         if x.shape[0] < cfg["vocab_size"]:
             raise ConfigError(f"--vocab-size {cfg['vocab_size']} exceeds the {x.shape[0]} teacher features of "
-                              f"{n} images (--vocab-images)")
-        vocab = kmeans(x, cfg["vocab_size"], iters=cfg["kmeans_iters"], seed=0, progress=not cfg.get("quiet")).cpu()
+                              f"{cp.n} images (--vocab-images)")
+        vocab = kmeans(x, cfg["vocab_size"], iters=cfg["kmeans_iters"], seed=0, progress=not cfg.get("quiet"))
         self.teacher.cpu()
-        ckpt_io.atomic_save(vocab, cache)
-        return vocab
+        return cp.save(vocab)
 
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized BoW histograms ``[B, K]`` of the teacher's view ``x``."""

@@ -1,9 +1,9 @@
 """Colorization as classification (Zhang et al. 2016, "Colorful Image Colorization"): from the L channel of
 CIE Lab, predict a distribution over the quantized ab colours of each pixel.
 
-On the device, inside ``forward``: RGB -> Lab (fastssl.color); the backbone sees ``(L - 50) / 50`` only;
+On the device, inside ``forward``: RGB -> Lab (fastssl.methods._color); the backbone sees ``(L - 50) / 50`` only;
 the ab target, average-pooled to 1/4 of the image size (the paper predicts at 1/4 resolution), is
-soft-encoded over its 5 nearest in-gamut bins (sigma 5, fastssl.color.soft_encode); the loss is the
+soft-encoded over its 5 nearest in-gamut bins (sigma 5, fastssl.methods._color.soft_encode); the loss is the
 class-rebalanced multinomial cross-entropy of Eq. 2: each pixel weighted by ``w[q*]`` of its
 target's most likely bin ``q*``. The weights (Eq. 4: the empirical bin distribution of the training
 data, Gaussian-smoothed with sigma 5, mixed with the uniform with lambda 0.5, expectation 1) come from
@@ -19,20 +19,19 @@ training did (the paper evaluates its features on grayscale input too).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastssl.argtypes import positive_float
-from fastssl.color import ab_gamut_bins, annealed_mean, lab_to_rgb, rebalance_weights, rgb_to_lab, soft_encode
-from fastssl.errors import ConfigError
+from fastssl.base.argtypes import positive_float
+from fastssl.base.errors import ConfigError
+from fastssl.base.viz import save_grid
+from fastssl.methods._cached_pass import CachedPass
+from fastssl.methods._color import ab_gamut_bins, annealed_mean, lab_to_rgb, rebalance_weights, rgb_to_lab, soft_encode
 from fastssl.methods.base import Method, backbone_kwargs, register
 from fastssl.methods.generative import image_decoder, positive_int, require_resnet, to_pixels
 from fastssl.models import build_backbone
-from fastssl.viz import save_grid
 
 AB_GRID = 10  # the paper's grid size
 
@@ -67,47 +66,20 @@ class LuminanceInput(nn.Module):
         return self.net(self.luminance(x).to(x.dtype))
 
 
-def _cache_dir():
-    from fastssl import _ext
-
-    return _ext.cache_dir() / "colorize"
-
-
 def bin_counts(cfg: dict, bins: torch.Tensor, subsample: int) -> torch.Tensor:
     """Counts ``[Q]`` (float64) of the nearest bin of every ab value of the training set, at the
     training target's resolution (``subsample``-pooled centre crops); cached (atomic write)."""
-    from fastssl import checkpoint as ckpt_io
-    from fastssl.data import demo_root, make_loader
-    from fastssl.eval import data_splits
-    from fastssl.progress import Progress
-
-    root = cfg.get("data") or str(demo_root(seed=0))
-    src, _ = data_splits(root, val_list=cfg.get("val_list"))
-    s = cfg["image_size"]
-    key = hashlib.sha256(repr((str(src.root), len(src), s, subsample, bins.tolist(), 1)).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"bin_counts_{key}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bs = min(256, len(src))
-    loader = make_loader(src, "eval", batch_size=bs, epoch=0, seed=0, device=device, image_size=s,
-                         num_threads=cfg.get("workers") or 1, drop_last=False, shuffle=False)
-    n_batches = -(-len(src) // bs)
-    progress = Progress(n_batches, bs, enabled=not cfg.get("quiet"))
-    counts = torch.zeros(bins.shape[0], dtype=torch.float64, device=device)
-    c = bins.to(device)
-    print(f"fastssl.train: colorize: ab bin statistics of {len(src)} training images (cached in {path})",
-          file=sys.stderr)
-    with torch.no_grad():
-        for i, (views, _) in enumerate(loader):
-            ab = F.avg_pool2d(rgb_to_lab(to_pixels(views[0].float()).clamp(0, 1))[:, 1:], subsample)
-            idx = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), c).argmin(1)
-            counts += torch.bincount(idx, minlength=c.shape[0]).double()
-            progress.update(i + 1, prefix="colorize bins ", force=i + 1 == n_batches)
-    progress.close()
-    counts = counts.cpu()
-    ckpt_io.atomic_save(counts, path)
-    return counts
+    cp = CachedPass(cfg, "colorize", "bin_counts", ("colorize-bins", subsample, bins.tolist()))
+    counts = cp.cached()
+    if counts is not None:
+        return counts
+    counts = torch.zeros(bins.shape[0], dtype=torch.float64, device=cp.device)
+    c = bins.to(cp.device)
+    for x in cp.batches("ab bin statistics"):
+        ab = F.avg_pool2d(rgb_to_lab(to_pixels(x.float()).clamp(0, 1))[:, 1:], subsample)
+        idx = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), c).argmin(1)
+        counts += torch.bincount(idx, minlength=c.shape[0]).double()
+    return cp.save(counts)
 
 
 @register("colorize")

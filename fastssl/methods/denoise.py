@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastssl.errors import ConfigError
+from fastssl.base.errors import ConfigError
+from fastssl.base.viz import denormalize, save_grid
 from fastssl.methods.base import Method, register
 from fastssl.methods.generative import (
     from_pixels,
@@ -25,7 +26,6 @@ from fastssl.methods.generative import (
     to_pixels,
     unit_interval,
 )
-from fastssl.viz import denormalize, save_grid
 
 
 @register("denoise")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastssl.argtypes import nonneg_float as non_negative  # noqa: F401  (flag types of the generative methods)
-from fastssl.argtypes import positive_int, ranged  # noqa: F401
-from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
-from fastssl.errors import ConfigError
+from fastssl.base.argtypes import nonneg_float as non_negative  # noqa: F401  (flag types of the generative methods)
+from fastssl.base.argtypes import positive_int, ranged  # noqa: F401
+from fastssl.base.constants import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.base.errors import ConfigError
 from fastssl.models.decoder import ConvDecoder, feature_stride
 
 unit_interval = ranged(float, 0, 1, hi_open=True)  # [0, 1)

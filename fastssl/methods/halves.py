@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastssl.argtypes import fraction, positive_float, positive_int, probability, ranged
-from fastssl.errors import ConfigError
+from fastssl.base.argtypes import fraction, positive_float, positive_int, probability, ranged
+from fastssl.base.errors import ConfigError
 from fastssl.methods._masked_vit import DECODER_HEAD_DIM, check_vit_config, mae_backbone, mae_decoder
 from fastssl.methods.base import Method, register
 from fastssl.models import MLPHead
@@ -193,7 +193,7 @@ class Halves(Method):
         """Per image: view 1 | its visible half | view 2's visible (complementary) half | the view-2 half
         the view-1 half is closest to among the shown images (row title: right/wrong, cosine). Fixed
         masks (a private generator), so epochs are comparable."""
-        from fastssl.viz import denormalize, save_grid
+        from fastssl.base.viz import denormalize, save_grid
 
         v1, v2 = (v.float() for v in views[:2])
         g = torch.Generator().manual_seed(VIZ_SEED)

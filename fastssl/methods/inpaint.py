@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fastssl.argtypes import ranged
-from fastssl.errors import ConfigError
+from fastssl.base.argtypes import ranged
+from fastssl.base.errors import ConfigError
+from fastssl.base.viz import denormalize, save_grid
 from fastssl.methods.base import Method, register
 from fastssl.methods.generative import image_decoder, non_negative, positive_int, require_resnet
 from fastssl.models.decoder import ChannelwiseFC, feature_stride
 from fastssl.models.discriminator import Discriminator
-from fastssl.viz import denormalize, save_grid
 
 
 def _hole(text: str) -> float:

@@ -14,14 +14,9 @@ from __future__ import annotations
 import argparse
 import math
 
-import torch
-import torch.nn.functional as F
-
-from fastssl.methods._tiles import GRID, add_tile_args, arrange, check_tile_config, tile_size
-from fastssl.methods.base import Method, register
-from fastssl.models import MLPHead
-from fastssl.ops import jigsaw_permutations, sample_tiles
-from fastssl.ops.sample_tiles import sample_tiles_op
+from fastssl.methods._tiles import GRID, TileMethod, add_tile_args, arrange
+from fastssl.methods.base import register
+from fastssl.ops import jigsaw_permutations
 
 MAX_PERMUTATIONS = 1000  # the largest set of the paper; the greedy search takes seconds
 
@@ -35,9 +30,11 @@ def _permutations(text: str) -> int:
 
 
 @register("jigsaw")
-class Jigsaw(Method):
+class Jigsaw(TileMethod):
     recipe = "jigsaw"
-    # Demo defaults (64 px, 16 px tiles in 21 px cells), measured: README "Tile pretext tasks".
+    n_tiles = GRID * GRID  # in the shuffled order
+    picture_columns = ["shuffled", "true order", "predicted order"]
+    # Demo defaults (64 px, 16 px tiles in 21 px cells), measured: docs/methods/jigsaw.md.
     defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=256, epochs=15, optimizer="sgd",
                     lr=0.1, weight_decay=5e-4, warmup_epochs=1)
 
@@ -48,52 +45,20 @@ class Jigsaw(Method):
                        help="K, the size of the permutation set (classes); the paper uses 100 and 1000")
         add_tile_args(g, gray_p=0.3, drop_p=0.0)
 
-    @classmethod
-    def check_config(cls, cfg):
-        check_tile_config(cfg)
+    @staticmethod
+    def num_classes(cfg):
+        return cfg["permutations"]
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.tile = tile_size(cfg)
-        sample_tiles_op()  # load the extension now, not inside a torch.compile trace
         self.register_buffer("perms", jigsaw_permutations(cfg["permutations"], GRID * GRID, "maxmin", seed=0))
-        self.head = MLPHead(GRID * GRID * self.backbone.feature_dim, cfg["head_hidden"], cfg["permutations"],
-                            num_layers=2)
+        self.build_head()
 
-    def _tiles(self, x, generator=None, draws=None):
-        c = self.cfg
-        return sample_tiles(x, "jigsaw", tile=self.tile, perms=self.perms, grid=GRID,
-                            normalize=not c["no_tile_norm"], gray_p=c["gray_p"], drop_p=c["drop_p"],
-                            generator=generator, draws=draws)
+    def sample_kwargs(self):
+        return {"perms": self.perms}
 
-    def logits(self, tiles: torch.Tensor) -> torch.Tensor:
-        """tiles (B, 9, C, t, t) in the shuffled order -> permutation logits (B, K)."""
-        B = tiles.shape[0]
-        f = self.backbone(tiles.flatten(0, 1).contiguous(memory_format=torch.channels_last))
-        return self.head(f.reshape(B, -1))
-
-    def forward(self, views, labels):
-        r = self._tiles(views[0])
-        logits = self.logits(r.tiles).float()
-        loss = F.cross_entropy(logits, r.labels)
-        with torch.no_grad():
-            acc = (logits.argmax(1) == r.labels).float().mean()
-        return loss, {"acc": acc}
-
-    def visualize(self, views, labels, path, epoch):
-        from fastssl.viz import denormalize, save_grid
-
-        x = views[0][:6]
-        r = self._tiles(x, generator=torch.Generator().manual_seed(0))  # the same puzzles every epoch
-        pred = self.logits(r.tiles).argmax(1).cpu()
-        images = denormalize(x)
+    def picture_row(self, image, shown, true, guess):
         perms = self.perms.cpu()
-        shown = sample_tiles(images, "jigsaw", tile=self.tile, perms=perms, grid=GRID, draws=r.draws.cpu()).tiles
-        rows, titles = [], []
-        for b in range(x.shape[0]):
-            true, guess = int(r.labels[b]), int(pred[b])
-            rows.append([images[b], arrange(shown[b], list(range(GRID * GRID))),
-                         arrange(shown[b], perms[true].tolist()), arrange(shown[b], perms[guess].tolist())])
-            titles.append(f"perm {true}: pred {guess} {'ok' if true == guess else 'x'}")
-        save_grid(rows, path, row_titles=titles,
-                  col_titles=[f"epoch {epoch}", "shuffled", "true order", "predicted order"])
+        row = [image, arrange(shown, list(range(GRID * GRID))), arrange(shown, perms[true].tolist()),
+               arrange(shown, perms[guess].tolist())]
+        return row, f"perm {true}: pred {guess} {'ok' if true == guess else 'x'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastssl.progress import Progress
+from fastssl.base.progress import Progress
 
 
 def kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:

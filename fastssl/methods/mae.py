@@ -14,12 +14,12 @@ import argparse
 
 import torch
 
-from fastssl.argtypes import positive_int
+from fastssl.base.argtypes import positive_int
+from fastssl.base.viz import denormalize, save_grid
 from fastssl.methods._masked_vit import DECODER_HEAD_DIM, check_vit_config, mae_backbone, mae_decoder
 from fastssl.methods.base import Method, register
-from fastssl.models.mae import mae_forward, masked_input, reconstruct_images
-from fastssl.ops import random_masking
-from fastssl.viz import denormalize, save_grid
+from fastssl.models.mae import mae_predict, masked_input, reconstruct_images
+from fastssl.ops import masked_patch_mse, masked_patch_mse_ref, random_masking
 
 VIZ_SEED = 0  # the picture's masks: the same images and the same masks every epoch
 
@@ -37,6 +37,17 @@ def _decoder_dim(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive multiple of {DECODER_HEAD_DIM} (heads of "
                                          f"{DECODER_HEAD_DIM} dims), got {value}")
     return value
+
+
+def mae_forward(encoder, decoder, images: torch.Tensor, ids_keep: torch.Tensor, ids_restore: torch.Tensor,
+                mask: torch.Tensor, norm_pix: bool = True, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MAE step's forward on given masks -> (loss: fp32 scalar, pred ``[B, L, p*p*C]``): the model's
+    prediction (fastssl.models.mae.mae_predict) and the MSE on the masked patches only, of per-patch
+    normalized pixels with ``norm_pix`` (He et al. 2021, sec. 3; the original ``forward_loss``), by the fused
+    ``masked_patch_mse`` (``fused=False``: its reference on the original token path)."""
+    pred = mae_predict(encoder, decoder, images, ids_keep, ids_restore, fused)
+    loss_fn = masked_patch_mse if fused else masked_patch_mse_ref
+    return loss_fn(pred, images, mask, decoder.patch_size, norm_pix), pred
 
 
 @register("mae")

@@ -54,7 +54,7 @@ class Rotation(Method):
         return loss, {"acc": acc}
 
     def visualize(self, views, labels, path, epoch):
-        from fastssl.viz import denormalize, save_grid
+        from fastssl.base.viz import denormalize, save_grid
 
         x = views[0][:6]
         logits, _ = self.logits(x)

@@ -1,7 +1,7 @@
 """SimCLR (Chen et al. 2020): two augmented views -> backbone -> MLP projector -> fused NT-Xent.
 
 Across processes the negatives of all ranks are used (``nt_xent(..., gather=True)``), with gradient,
-and batch norm is global (SyncBatchNorm on GPU, fastssl.parallel.GlobalBatchNorm on CPU), as in the
+and batch norm is global (SyncBatchNorm on GPU, fastssl.engine.parallel.GlobalBatchNorm on CPU), as in the
 paper.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from fastssl.argtypes import fraction, positive_float, positive_int, probability
-from fastssl.errors import ConfigError
+from fastssl.base.argtypes import fraction, positive_float, positive_int, probability
+from fastssl.base.errors import ConfigError
 from fastssl.methods.base import Method, register
 from fastssl.models import MLPHead
 from fastssl.ops import nt_xent
@@ -19,7 +19,8 @@ from fastssl.ops import nt_xent
 @register("simclr")
 class SimCLR(Method):
     recipe = "simclr"
-    chunkable = True  # --chunk-size (fastssl.gradcache): the loss needs only the per-image embeddings
+    eval_taps = "output"  # contrastive features peak at the output (layer4, pool)
+    chunkable = True  # --chunk-size (fastssl.engine.gradcache): the loss needs only the per-image embeddings
     # Tuned for the built-in demo (a 2-core CPU, ~7 minutes, kNN 54.8% vs 18.1% at random init): see
     # README "SimCLR on the demo data". ImageNet wants width 64, 224 px, --min-scale 0.08.
     defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=256, epochs=35, optimizer="lars",

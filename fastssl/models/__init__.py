@@ -95,14 +95,14 @@ def save_backbone(model: nn.Module, path: str | os.PathLike, arch: str, kwargs: 
 def load_backbone(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, dict]:
     """Rebuild an exported backbone from its file alone: (model in eval mode, metadata dict).
 
-    Raises ``fastssl.errors.DataError`` (one line, naming the file) when the file is missing, not
+    Raises ``fastssl.base.errors.DataError`` (one line, naming the file) when the file is missing, not
     safetensors, lacks fastssl's metadata, names an unknown arch, or its tensors do not fit the network
     the metadata describes. Metadata values that were JSON-encoded come back decoded.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from fastssl.errors import DataError
+    from fastssl.base.errors import DataError
 
     path = Path(path)
     if not path.is_file():

@@ -8,11 +8,11 @@ from fastssl's ViT and the fused token ops.
   ``decoder_pos_embed`` (fixed sin-cos), ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``):
   visible latents -> decoder width, mask tokens at the masked positions plus the position embedding
   in one pass (``fastssl.ops.unshuffle``), blocks, a linear prediction of each patch's p*p*C pixels.
-- loss: ``fastssl.ops.masked_patch_mse`` on the masked patches (per-patch normalized pixels with
-  ``norm_pix``).
+- the loss is the method's (fastssl.methods.mae: ``fastssl.ops.masked_patch_mse`` on the masked patches,
+  per-patch normalized pixels with ``norm_pix``); this module returns predictions.
 
 ``fused=False`` runs the original token path on the same ids instead (Conv2d on every patch + gather,
-concatenate + gather, patchify + masked mean): the reference the tests and benches compare to.
+concatenate + gather): the reference the tests and benches compare to.
 Init follows the original ``initialize_weights``: xavier-uniform Linear weights (and the flattened
 patch projection), zero biases, LayerNorm 1/0, cls and mask tokens N(0, 0.02).
 """
@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from fastssl.models.vit import Block, VisionTransformer, sincos_pos_embed_2d
-from fastssl.ops import masked_patch_embed, masked_patch_embed_ref, masked_patch_mse, masked_patch_mse_ref, unshuffle
+from fastssl.ops import masked_patch_embed, masked_patch_embed_ref, unshuffle
 from fastssl.ops.masked_patch_mse import patchify, unpatchify
 from fastssl.ops.unshuffle import unshuffle_ref
 
-__all__ = ["MAEDecoder", "init_mae_weights", "mae_encode", "mae_forward", "reconstruct_images"]
+__all__ = ["MAEDecoder", "init_mae_weights", "mae_encode", "mae_predict", "reconstruct_images"]
 
 NORM_PIX_EPS = 1e-6
 
@@ -100,19 +100,12 @@ def mae_encode(encoder: VisionTransformer, images: torch.Tensor, ids_keep: torch
     return encoder.forward_tokens(torch.cat([cls, x], dim=1))
 
 
-def mae_forward(encoder: VisionTransformer, decoder: MAEDecoder, images: torch.Tensor, ids_keep: torch.Tensor,
-                ids_restore: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True,
-                fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MAE forward on given masks -> (loss: fp32 scalar, pred [B, L, p*p*C]). ``fused=False``: the
-    original token path (Conv2d on all patches, gather, cat + gather, patchify + masked mean)."""
-    latent = mae_encode(encoder, images, ids_keep, fused)
-    pred = decoder(latent, ids_restore, fused)
-    p = decoder.patch_size
-    if fused:
-        loss = masked_patch_mse(pred, images, mask, p, norm_pix)
-    else:
-        loss = masked_patch_mse_ref(pred, images, mask, p, norm_pix)
-    return loss, pred
+def mae_predict(encoder: VisionTransformer, decoder: MAEDecoder, images: torch.Tensor, ids_keep: torch.Tensor,
+                ids_restore: torch.Tensor, fused: bool = True) -> torch.Tensor:
+    """One MAE forward on given masks -> the decoder's prediction of every patch ``[B, L, p*p*C]`` (the
+    loss is the method's: fastssl.methods.mae.mae_forward). ``fused=False``: the original token path
+    (Conv2d on all patches, gather, cat + gather)."""
+    return decoder(mae_encode(encoder, images, ids_keep, fused), ids_restore, fused)
 
 
 @torch.no_grad()

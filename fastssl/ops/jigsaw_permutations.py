@@ -67,7 +67,7 @@ def jigsaw_permutations_ref(k: int, n_tiles: int = 9, method: str = "maxmin", se
 
 
 def _cache_path(k: int, n_tiles: int, method: str, seed: int) -> Path:
-    from fastssl._ext import cache_dir
+    from fastssl.base.cache import cache_dir
 
     return cache_dir() / "perms" / f"perms_n{n_tiles}_k{k}_{method}_seed{seed}.npy"
 
@@ -136,7 +136,7 @@ def mean_hamming_distance(perms: torch.Tensor) -> float:
 def hamming_greedy_op():
     """torch.ops.fastssl.hamming_greedy, with the extension loaded and its fake kernel registered
     (the op only exists once the library is loaded, so registration cannot happen at import)."""
-    from fastssl._ext import load
+    from fastssl.ops._ext import load
 
     load()
 

@@ -198,7 +198,7 @@ def sample_tiles_op():
     """torch.ops.fastssl.sample_tiles with the extension loaded and its fake kernel registered (call it, or
     sample_tiles, once eagerly before torch.compile traces a call)."""
     global _OP
-    from fastssl._ext import load
+    from fastssl.ops._ext import load
 
     load()
 

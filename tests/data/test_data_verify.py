@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fastssl.data import DataError, ImageFolderSource, make_loader
+from fastssl.data import decode_check as dc
 from fastssl.data import verify as fv
 
 
@@ -65,7 +66,7 @@ def test_results_are_cached_and_changed_files_rechecked(data, monkeypatch):
     assert fv.cache_file(root).is_file()
     calls = []
     real = fv.decode_check
-    monkeypatch.setattr(fv, "decode_check", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(dc, "decode_check", lambda p: calls.append(p) or real(p))
     with pytest.raises(DataError, match=str(victim)):  # the cached verdict, no decode at all
         ImageFolderSource(root)
     assert calls == []
@@ -76,8 +77,8 @@ def test_results_are_cached_and_changed_files_rechecked(data, monkeypatch):
 
 def test_large_unverified_dataset_warns_with_the_command(data, monkeypatch):
     root, _ = data
-    monkeypatch.setattr(fv, "AUTO_VERIFY_MAX", 3)
-    monkeypatch.setattr(fv, "decode_check", lambda p: pytest.fail("decoded at start"))
+    monkeypatch.setattr(dc, "AUTO_VERIFY_MAX", 3)
+    monkeypatch.setattr(dc, "decode_check", lambda p: pytest.fail("decoded at start"))
     with pytest.warns(UserWarning, match=r"python -m fastssl.data.verify --data"):
         src = ImageFolderSource(root)
     assert len(src) == 8  # goes on: the policy for datasets too large to decode at every start
@@ -91,8 +92,8 @@ def test_verify_command_lists_bad_files_and_fills_the_cache(data, fastssl_cache,
     assert r.returncode == 1, r.stderr
     assert f"{victim}: corrupt JPEG data" in r.stdout and "Traceback" not in r.stderr
     assert "8 images" in r.stderr and "1 bad" in r.stderr
-    monkeypatch.setattr(fv, "AUTO_VERIFY_MAX", 0)  # a later run uses the command's results
-    monkeypatch.setattr(fv, "decode_check", lambda p: pytest.fail("decoded again"))
+    monkeypatch.setattr(dc, "AUTO_VERIFY_MAX", 0)  # a later run uses the command's results
+    monkeypatch.setattr(dc, "decode_check", lambda p: pytest.fail("decoded again"))
     with pytest.warns(UserWarning, match=str(victim)):
         assert len(ImageFolderSource(root, on_bad="skip")) == 7
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastssl.errors import ConfigError
+from fastssl.base.errors import ConfigError
+from fastssl.cli.train import parse_config
 from fastssl.methods.bow import bow_histogram, soft_bow_histogram
 from fastssl.methods.kmeans import assign, kmeans, kmeans_pp_init, lloyd
-from fastssl.train import parse_config
 
 
 def _run(args):

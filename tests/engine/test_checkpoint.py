@@ -1,4 +1,4 @@
-"""fastssl.checkpoint: plain data only (weights_only loading), atomic writes, exact RNG round trip."""
+"""fastssl.base.checkpoint: plain data only (weights_only loading), atomic writes, exact RNG round trip."""
 
 import random
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastssl import checkpoint as ckpt_io
+from fastssl.base import checkpoint as ckpt_io
 
 
 def test_rng_state_round_trips_through_a_safe_file(tmp_path):

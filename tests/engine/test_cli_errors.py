@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fastssl import train as train_cli
+from fastssl.cli import train as train_cli
 from fastssl.data import generate_demo
 
 
@@ -178,9 +178,9 @@ def test_eval_errors(args, needles, small, tmp_path):
 
 
 def test_the_training_loop_imports_no_command_line():
-    """The trainer raises what the CLIs catch because the error types live in fastssl.errors; it must
+    """The trainer raises what the CLIs catch because the error types live in fastssl.base.errors; it must
     not import train.py / eval.py (that cycle made `python -m fastssl.train` print tracebacks)."""
-    code = ("import sys, fastssl.trainer, fastssl.evaluation, fastssl.data; "
+    code = ("import sys, fastssl.engine.trainer, fastssl.evaluation, fastssl.data; "
             "print(sorted(m for m in sys.modules if m in ('fastssl.train', 'fastssl.eval')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]

@@ -70,12 +70,12 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tiny_args, tmp_path):
     # the final kNN) it printed a KeyboardInterrupt traceback. A real SIGINT, raised where train() runs.
     out = tmp_path / "run"
     code = ("import os, runpy, signal, sys, time\n"
-            "import fastssl.trainer\n"
+            "import fastssl.engine.trainer\n"
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # a terminal's Ctrl-C (not inherited SIG_IGN)
             "def interrupted(cfg):\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    time.sleep(60)\n"
-            "fastssl.trainer.train = interrupted\n"
+            "fastssl.engine.trainer.train = interrupted\n"
             f"sys.argv = ['fastssl.train', *{[str(a) for a in tiny_args(out)]!r}]\n"
             "runpy.run_module('fastssl.train', run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,

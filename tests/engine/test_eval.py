@@ -7,9 +7,9 @@ command in test_cli_errors.py; the printed numbers against an independent kNN in
 import pytest
 import torch
 
-from fastssl import eval as fe
-from fastssl import train as train_cli
-from fastssl.errors import DataError
+from fastssl.base.errors import DataError
+from fastssl.cli import eval as fe
+from fastssl.cli import train as train_cli
 from fastssl.evaluation import backbone_from_checkpoint
 from fastssl.models import load_backbone
 
@@ -100,3 +100,55 @@ def test_export_is_not_written_when_the_command_fails(tiny_args, tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().startswith("fastssl.eval: error: ") and len(r.stderr.strip().splitlines()) == 1
         assert not export.exists()
+
+
+def test_eval_cli_layers_table_through_python_m(tiny_args, tmp_path):
+    """`python -m fastssl.eval knn|linear --layers ...`: one table (every tap, learned vs the run's random
+    init, best marked) and its JSON line; the trainer's own final per-layer kNN (eval.json) agrees with it
+    at the run's default taps; bad --layers values are one-line errors naming the valid taps."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+    def cli(mod, *args, rc=0):
+        r = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True, timeout=900, env=env)
+        assert r.returncode == rc, r.stderr
+        return r
+
+    run = tmp_path / "run"
+    train = cli("fastssl.train", *tiny_args(run, "--epochs", "1"))
+    saved = json.loads((run / "eval.json").read_text())
+    assert list(saved["layers"]["taps"]) == ["layer4", "pool"]  # simclr's default taps ("output")
+    assert saved["learned"] == saved["layers"]["taps"]["pool"]["learned"]  # today's keys are the pooled output's
+    assert "* " in train.stdout and "layer4" in train.stdout  # the run ends with its per-layer table
+
+    r = cli("fastssl.eval", "knn", "--checkpoint", str(run), "--layers", "all", "--workers", "1")
+    res = json.loads(r.stdout.splitlines()[-1])
+    layers = res["layers"]
+    assert list(layers["taps"]) == ["stem", "layer1", "layer2", "layer3", "layer4", "pool"]
+    for name in ("layer4", "pool"):  # the same computation as the trainer's final evaluation
+        assert layers["taps"][name] == saved["layers"]["taps"][name]
+    best = max(layers["taps"], key=lambda n: layers["taps"][n]["learned"]["top1"])
+    assert layers["taps"][layers["best"]]["learned"]["top1"] == layers["taps"][best]["learned"]["top1"]
+    table = r.stdout.splitlines()
+    assert any(line.startswith(f"* {layers['best']}") for line in table)
+    assert (res["top1"], res["top5"]) == (saved["learned"]["top1"], saved["learned"]["top5"])
+    widths = {n: t["width"] for n, t in layers["taps"].items()}
+    assert widths == {"stem": 8 * 16 * 16, "layer1": 8 * 16 * 16, "layer2": 16 * 8 * 8, "layer3": 32 * 4 * 4,
+                      "layer4": 64 * 2 * 2, "pool": 64}  # resnet18 width 8, CIFAR stem, 16 px
+
+    r = cli("fastssl.eval", "linear", "--checkpoint", str(run), "--layers", "layer2,pool", "--epochs", "2",
+            "--workers", "1")
+    assert list(json.loads(r.stdout.splitlines()[-1])["layers"]["taps"]) == ["layer2", "pool"]
+    assert "linear per layer" in r.stdout
+
+    for bad, said in ((["--layers", "layer9"], "layer9; the taps of this resnet18 are: stem, layer1"),
+                      (["--layers", ","], "--layers"), (["--layers", "pool,pool"], "twice"),
+                      (["--layers", "all", "--random-init"], "drop --random-init")):
+        r = cli("fastssl.eval", "knn", "--checkpoint", str(run), "--workers", "1", *bad, rc=2)
+        err = r.stderr.strip()
+        assert err.startswith("fastssl.eval: error: ") and "\n" not in err and "Traceback" not in err, err
+        assert said in err, err

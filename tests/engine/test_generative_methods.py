@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from fastssl.color import ab_gamut_bins, rgb_to_lab, soft_encode
+from fastssl.cli.train import parse_config
 from fastssl.methods import build_method
+from fastssl.methods._color import ab_gamut_bins, rgb_to_lab, soft_encode
 from fastssl.methods.generative import from_pixels, to_pixels
 from fastssl.methods.inpaint import center_mask, random_block_mask
-from fastssl.train import parse_config
 
 
 def _run(args, env=None):
@@ -101,7 +101,7 @@ def test_inpaint_loss_only_on_the_removed_region(tiny_data):
 
 
 def test_inpaint_adversarial_term_changes_the_loss_and_trains_its_discriminator(tiny_data):
-    from fastssl.optim import build_optimizer
+    from fastssl.engine.optim import build_optimizer
 
     x = torch.randn(4, 3, 32, 32)
     plain = _method("inpaint", tiny_data)
@@ -153,7 +153,7 @@ def test_colorize_targets_and_weights(tiny_data, fastssl_cache):
     cache = list((fastssl_cache[0] / "colorize").glob("bin_counts_*.pt"))
     assert len(cache) == 1
     counts = torch.load(cache[0], weights_only=True)
-    from fastssl.color import rebalance_weights
+    from fastssl.methods._color import rebalance_weights
 
     assert torch.allclose(w, rebalance_weights(counts, m.bins), rtol=1e-6)
     assert counts.sum() == 96 * 8 * 8  # 96 images, targets at 32 / 4 = 8 px
@@ -167,7 +167,7 @@ def test_colorize_targets_and_weights(tiny_data, fastssl_cache):
     lab = rgb_to_lab(torch.full((1, 3, 32, 32), 0.5))
     lab2 = lab.clone()
     lab2[:, 1] += 20
-    from fastssl.color import lab_to_rgb
+    from fastssl.methods._color import lab_to_rgb
 
     m.eval()
     f1 = m.backbone(from_pixels(lab_to_rgb(lab)))

@@ -1,4 +1,4 @@
-"""``python -m fastssl.train --chunk-size`` end to end (gradient caching, fastssl.gradcache): one-line
+"""``python -m fastssl.train --chunk-size`` end to end (gradient caching, fastssl.engine.gradcache): one-line
 errors for bad input, bit-exact resume after SIGKILL, bf16 autocast + channels_last, the NaN stop,
 torchrun with 2 gloo processes against 1 process, --compile. The unit tests are in tests/test_gradcache.py.
 """
@@ -17,7 +17,7 @@ import torch
 from helpers import nan_loss_at_call, run_train
 from helpers import step_losses as _losses
 
-from fastssl import train as train_cli
+from fastssl.cli import train as train_cli
 
 _run = functools.partial(run_train, timeout=600)
 
@@ -44,9 +44,9 @@ def test_bad_chunk_size_is_a_one_line_error(extra, message, tiny_args, tiny_data
 
 def test_chunk_size_must_divide_the_per_process_batch(tiny_args, tmp_path):
     """B=16 over 2 processes is 8 per process: C=16 divides the global batch, not the per-process one."""
-    from fastssl.errors import ConfigError
-    from fastssl.parallel import DistInfo
-    from fastssl.trainer import Trainer
+    from fastssl.base.errors import ConfigError
+    from fastssl.engine.parallel import DistInfo
+    from fastssl.engine.trainer import Trainer
 
     cfg = train_cli.parse_config(tiny_args(tmp_path / "run", "--chunk-size", "16"))
     with pytest.raises(ConfigError, match=r"--chunk-size 16 does not divide the per-process batch 8 \(--batch-size 16 "

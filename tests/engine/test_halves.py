@@ -9,10 +9,10 @@ import torch
 from helpers import pictures_under_reseeded_rng
 from helpers import run_train as _run
 
+from fastssl.cli.train import parse_config
 from fastssl.methods import build_method
 from fastssl.methods.halves import complementary_masks, complementary_masks_ref, keep_count
 from fastssl.ops import random_masking
-from fastssl.train import parse_config
 
 
 def _tiny(data, out, *extra):

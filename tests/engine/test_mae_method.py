@@ -8,8 +8,8 @@ import torch
 from helpers import pictures_under_reseeded_rng
 from helpers import run_train as _run
 
+from fastssl.cli.train import parse_config
 from fastssl.methods import build_method
-from fastssl.train import parse_config
 
 
 def _tiny(tiny_data, out, *extra):

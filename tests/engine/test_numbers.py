@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from test_evaluation import knn_reference  # tests/engine is on sys.path (pytest's rootdir-less import)
 
-from fastssl import eval as eval_cli
-from fastssl import train as train_cli
-from fastssl import trainer
+from fastssl.cli import eval as eval_cli
+from fastssl.cli import train as train_cli
 from fastssl.data import dataset_splits
+from fastssl.engine import trainer
 from fastssl.evaluation import extract_features
 from fastssl.methods import build_method
 
@@ -105,6 +105,19 @@ def test_progress_lines_and_summary(run):
     assert "done at global step 12, 8 img/s (0.50 step/s)" in run["stderr"]
 
 
+class _Layer4(torch.nn.Module):
+    def __init__(self, t):
+        super().__init__()
+        self.t = t
+
+    def forward(self, x):
+        t = self.t
+        y = t.maxpool(t.relu(t.bn1(t.conv1(x))))
+        for i in range(1, 5):
+            y = getattr(t, f"layer{i}")(y)
+        return F.adaptive_avg_pool2d(y, 2).flatten(1)
+
+
 def _features(run, backbone, src):
     return extract_features(backbone, src, image_size=16, device="cpu", num_threads=1)
 
@@ -123,6 +136,14 @@ def test_eval_json_and_eval_cli_match_an_independent_knn(run, capsys):
         assert torch.equal(tr[1], torch.tensor(train_src.labels)) and torch.equal(va[1], torch.tensor(val_src.labels))
         assert ev[name] == knn_reference(*tr, *va, k=20, temperature=0.07), name
     assert (ev["k"], ev["temperature"], ev["val_images"], ev["classes"]) == (20, 0.07, len(val_src), 12)
+    # The per-layer kNN at simclr's default taps: layer4 recomputed here by running the trunk by hand and
+    # average-pooling its 64 x 2 x 2 map to 2 x 2 (fastssl.evaluation.taps' rule keeps it whole).
+    for name, m in (("learned", learned), ("random_init", random_init)):
+        stage4 = _Layer4(m.backbone)
+        tr, va = _features(run, stage4, train_src), _features(run, stage4, val_src)
+        assert tr[0].shape[1] == ev["layers"]["taps"]["layer4"]["width"] == 256
+        assert ev["layers"]["taps"]["layer4"][name] == knn_reference(*tr, *va, k=20, temperature=0.07), name
+        assert ev["layers"]["taps"]["pool"][name] == ev[name]
     printed = run["stdout"]
     assert f"top-1 {ev['learned']['top1']:6.2f}%  top-5 {ev['learned']['top5']:6.2f}%" in printed
     assert eval_cli.main(["knn", "--checkpoint", str(run["out"]), "--workers", "1"]) == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastssl.optim import LARS, build_optimizer, param_groups, scaled_lr, warmup_cosine
+from fastssl.engine.optim import LARS, build_optimizer, param_groups, scaled_lr, warmup_cosine
 
 
 def test_lars_step_matches_formula():

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from fastssl.parallel import GlobalBatchNorm, convert_global_bn
+from fastssl.engine.parallel import GlobalBatchNorm, convert_global_bn
 
 
 def _worker(rank, port, x, w, out):

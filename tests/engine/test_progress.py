@@ -2,7 +2,7 @@
 
 import io
 
-from fastssl.progress import Progress, fmt_duration
+from fastssl.base.progress import Progress, fmt_duration
 
 
 class _Tty(io.StringIO):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fastssl import train as train_cli
+from fastssl.cli import train as train_cli
 from fastssl.methods import build_method
 from fastssl.methods.rotation import rotate_all
 from fastssl.ops.sample_tiles import neighbour_cell

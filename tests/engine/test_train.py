@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import nan_loss_at_call, run_train, step_losses
 
-from fastssl import train as train_cli
+from fastssl.cli import train as train_cli
 
 _run = functools.partial(run_train, timeout=600)
 

@@ -1,12 +1,12 @@
-"""fastssl.viz: the PNG grids every method's visualize hook writes."""
+"""fastssl.base.viz: the PNG grids every method's visualize hook writes."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
-from fastssl.viz import denormalize, save_grid
+from fastssl.base.constants import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.base.viz import denormalize, save_grid
 
 
 def test_denormalize_inverts_the_pipeline_normalization():

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
+from fastssl.base.errors import ConfigError
+from fastssl.cli.presets import PRESETS_DIR, list_presets, preset_path, resolve_config
+from fastssl.cli.train import parse_config
 from fastssl.data import make_loader
-from fastssl.dryrun import stand_in_run
-from fastssl.errors import ConfigError
 from fastssl.methods import METHODS, build_method
-from fastssl.presets import PRESETS_DIR, list_presets, preset_path, resolve_config
-from fastssl.train import parse_config
+from fastssl.methods.bow import stand_in_teacher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _preset_argv(method, data, *extra):
     argv = ["--config", f"imagenet/{method}", "--data", str(data), *extra]
     if method == "bow":  # a preset cannot name a teacher: a randomly initialized RotNet of the same arch
-        argv += ["--teacher", str(stand_in_run("rotation", {"arch": "resnet50", "width": 64, "image_size": 224}))]
+        argv += ["--teacher", str(stand_in_teacher({"arch": "resnet50", "width": 64, "image_size": 224}))]
     return argv
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastssl.base.errors import DataError
 from fastssl.data import dataset_splits
-from fastssl.data.vallist import read_val_list
-from fastssl.errors import DataError
+from fastssl.data.folders import read_val_list
 
 # Deliberately not in sorted order: the labels must follow the train split's sorted class folders.
 WNIDS = ["n04592741", "n01440764", "n02119789"]

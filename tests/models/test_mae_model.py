@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import assert_close_to_ref
 
-from fastssl.models.mae import MAEDecoder, init_mae_weights, mae_forward, masked_input, reconstruct_images
+from fastssl.methods.mae import mae_forward
+from fastssl.models.mae import MAEDecoder, init_mae_weights, masked_input, reconstruct_images
 from fastssl.models.vit import VisionTransformer
 from fastssl.ops import patchify, random_masking
 

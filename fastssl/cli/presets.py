@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastssl.errors import ConfigError
+from fastssl.base.errors import ConfigError
 
-PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"  # fastssl/configs
 
 
 def list_presets() -> list[str]:

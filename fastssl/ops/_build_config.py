@@ -1,6 +1,6 @@
 """What goes into the extension fastssl._C and with which flags.
 
-Shared by the JIT build (fastssl/_ext.py) and the opt-in ahead-of-time build (setup.py), so both
+Shared by the JIT build (fastssl/ops/_ext.py) and the opt-in ahead-of-time build (setup.py), so both
 compile the same sources with the same flags. Imports nothing from fastssl (setup.py loads this
 file by path before the package is installed).
 """
@@ -17,11 +17,11 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 def csrc_dir() -> Path:
     """csrc/ of a source checkout (editable install) or the copy installed as fastssl/csrc."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "csrc", here / "csrc"):
+    pkg = Path(__file__).resolve().parents[1]  # fastssl/ (this file is fastssl/ops/_build_config.py)
+    for cand in (pkg.parent / "csrc", pkg / "csrc"):
         if (cand / "ops.cpp").is_file():
             return cand
-    raise FileNotFoundError(f"fastssl: C++ sources not found next to {here} (expected csrc/ops.cpp)")
+    raise FileNotFoundError(f"fastssl: C++ sources not found next to {pkg} (expected csrc/ops.cpp)")
 
 
 def cpp_sources(root: Path | None = None) -> list[Path]:

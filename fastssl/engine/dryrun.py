@@ -2,7 +2,7 @@
 
 Builds everything the real run builds, at the config's size (the full model on the device, DDP under
 ``torchrun``, optimizer, schedule, autocast, the real DALI pipeline and view recipe at ``--image-size``),
-then times N training steps through the trainer's own step (``Trainer._step``) and prints, per step, the
+then times N training steps through the trainer's own step (``Trainer.step``) and prints, per step, the
 step time and the wait for data, then the mean step time (steps 2..N; step 1 carries the warm-up), the
 images/s, the peak memory (CPU: the process's peak resident set; CUDA: ``torch.cuda.max_memory_allocated``)
 and a projection of the time per ImageNet epoch at that rate, labelled as such. The same numbers follow as
@@ -27,8 +27,8 @@ Ctrl-C or SIGTERM, which exit 130 / 143); with ``--out``
 the folder is kept with ``config.json``, the steps' ``metrics.jsonl`` and ``dryrun.json`` (no checkpoint).
 
 Methods may supply what a preset cannot hold through ``Method.dry_run_config`` (bow: without ``--teacher``
-a randomly initialized rotation network of the same arch stands in, cached by :func:`stand_in_run`: the
-cost is the real one, the targets are meaningless).
+a randomly initialized rotation network of the same arch stands in, cached by
+``fastssl.methods.bow.stand_in_teacher``: the cost is the real one, the targets are meaningless).
 """
 
 from __future__ import annotations
@@ -44,12 +44,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 
-from fastssl.errors import ConfigError, TrainError
+from fastssl.base.errors import ConfigError, TrainError
 
 CPU_BATCH = 8
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -59,22 +58,6 @@ _clock = time.perf_counter
 def _say(d, text: str) -> None:
     if d.is_main:
         print(f"fastssl.train: dry run: {text}", file=sys.stderr, flush=True)
-
-
-def stand_in_run(method: str, cfg: dict) -> Path:
-    """A cached checkpoint ``{"model", "config"}`` of a randomly initialized (seed 0) ``method`` run with
-    ``cfg``'s arch, width and image size: a stand-in teacher for a dry run. Returns its path."""
-    from fastssl import _ext
-    from fastssl import checkpoint as ckpt_io
-    from fastssl.methods import build_method
-
-    tcfg = {"method": method, "arch": cfg["arch"], "width": cfg["width"], "image_size": cfg["image_size"],
-            "head_hidden": 512, "seed": 0}
-    path = _ext.cache_dir() / "dryrun" / f"standin-{method}-{cfg['arch']}-w{cfg['width']}-{cfg['image_size']}.pt"
-    if not path.is_file():
-        torch.manual_seed(0)
-        ckpt_io.atomic_save({"model": build_method(method, tcfg).state_dict(), "config": tcfg}, path)
-    return path
 
 
 def _repeated(src, min_images: int):
@@ -104,7 +87,7 @@ def _fmt_duration(seconds: float) -> str:
 
 def dry_run(cfg: dict) -> int:
     """Run the dry run for a parsed config (``cfg["dry_run"]`` = N steps); see the module docstring."""
-    from fastssl.parallel import setup_distributed
+    from fastssl.engine.parallel import setup_distributed
 
     if cfg["resume"]:
         raise ConfigError("--dry-run times a freshly built model: drop --resume")
@@ -170,7 +153,7 @@ class _DryRun:
         return want, None
 
     def run(self) -> int:
-        from fastssl.trainer import Trainer
+        from fastssl.engine.trainer import Trainer
 
         cfg, d = self.cfg, self.d
         preset_batch = cfg["batch_size"]
@@ -207,27 +190,23 @@ class _DryRun:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _measure(self, trainer, step_batch: int, preset_batch: int, reason: str | None) -> dict:
-        from fastssl.data import make_loader
-
         cfg, d = self.cfg, self.d
         cuda = d.device.type == "cuda"
         can_halve = cuda and d.world_size == 1 and not cfg.get("chunk_size") and not self.step_batch_flag
-        trainer._stop = SimpleNamespace(signum=0)  # _step reads the stop flag the training loop keeps
         while True:
             local = step_batch // d.world_size
-            trainer.loader_args["batch_size"] = local
             if cuda:
                 torch.cuda.synchronize(d.device)
                 torch.cuda.reset_peak_memory_stats(d.device)
             records = []
             try:
-                loader = make_loader(trainer.train_src, epoch=0, **trainer.loader_args)
+                loader = trainer.loader(epoch=0, local_batch=local)
                 it = iter(loader)
                 for s in range(self.steps):
                     t0 = _clock()
                     views, labels = next(it)
                     t1 = _clock()
-                    loss, _, metrics, lr = trainer._step(views, labels)
+                    loss, _, metrics, lr = trainer.step(views, labels)
                     if cuda:
                         torch.cuda.synchronize(d.device)
                     t2 = _clock()

@@ -1,6 +1,6 @@
 """Pictures of what a method sees and predicts: image grids written as PNG (PIL, no plotting stack).
 
-    from fastssl.viz import denormalize, save_grid
+    from fastssl.base.viz import denormalize, save_grid
     save_grid([[img, masked, recon], ...], path, col_titles=["image", "masked", "reconstruction"])
 
 Images are float tensors (C, H, W) in [0, 1] (use ``denormalize`` on the pipeline's normalized views);
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastssl.constants import IMAGENET_MEAN, IMAGENET_STD
+from fastssl.base.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def denormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

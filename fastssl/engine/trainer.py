@@ -8,7 +8,7 @@ Run folder (``--out``; only rank 0 writes):
   last.pt         every epoch and every ``--ckpt-every`` steps: model, optimizer, scheduler, grad
                   scaler, epoch and position inside it, global step, RNG states, config, and the
                   schedule facts (process count, training images, steps per epoch); plain data only
-                  (fastssl.checkpoint), opened with weights_only=True
+                  (fastssl.base.checkpoint), opened with weights_only=True
   best.pt         the epoch with the lowest mean training loss so far
   eval.json       the final kNN accuracy (learned and random init), with k, T and the image counts
   viz/epoch_NNN.png  the method's picture of its task (methods with a visualize hook): before
@@ -24,7 +24,7 @@ Checkpoints are written atomically (temp file + rename). ``--resume`` (a file, a
 ``auto``) continues exactly: the data loader re-creates the same epoch and skips the batches already
 done, so on CPU a run killed with SIGKILL and resumed ends with bit-identical weights to an
 uninterrupted run. A resume is refused (one line naming what differs) when a config key outside
-fastssl.runconfig.RUNTIME_KEYS changed, or the process count, the number of training images or the
+fastssl.engine.runconfig.RUNTIME_KEYS changed, or the process count, the number of training images or the
 steps per epoch did (the data order and the LR schedule depend on them). SIGINT/SIGTERM
 checkpoint at the end of the current step, then exit (130/143).
 A non-finite loss stops the run before the optimizer step, with a message; no checkpoint is written
@@ -44,15 +44,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fastssl import checkpoint as ckpt_io
-from fastssl.errors import ConfigError, TrainError
-from fastssl.gradcache import Embedder, GradCache
+from fastssl.base import checkpoint as ckpt_io
+from fastssl.base.errors import ConfigError, TrainError
+from fastssl.base.progress import Progress
+from fastssl.engine.gradcache import Embedder, GradCache
+from fastssl.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from fastssl.engine.parallel import convert_global_bn, setup_distributed
+from fastssl.engine.runconfig import config_differences, schedule_differences
 from fastssl.methods import Method, build_method
 from fastssl.models import to_channels_last
-from fastssl.optim import build_optimizer, build_scheduler, scaled_lr
-from fastssl.parallel import convert_global_bn, setup_distributed
-from fastssl.progress import Progress
-from fastssl.runconfig import config_differences, schedule_differences
 
 _clock = time.perf_counter  # every duration the trainer reports (tests substitute a controlled clock)
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "rng", "config", "schedule")
@@ -207,7 +207,7 @@ class Trainer:
 
         # NHWC: tensor cores on GPU; on CPU (oneDNN) it measured 1.4-1.6x faster for the demo ResNet.
         self.method = method = to_channels_last(convert_global_bn(_build_model(cfg), device).to(device))
-        # --chunk-size: gradient caching (fastssl.gradcache); DDP and torch.compile wrap method.embed.
+        # --chunk-size: gradient caching (fastssl.engine.gradcache); DDP and torch.compile wrap method.embed.
         self.gradcache = (GradCache(method, cfg["chunk_size"], local_bs, ws, device) if cfg.get("chunk_size")
                           else None)
         model = method if self.gradcache is None else Embedder(method)
@@ -310,9 +310,21 @@ class Trainer:
             self.progress.close()
             self.logger.close()
 
-    def _step(self, views, labels) -> tuple[float, bool, dict, float]:
-        """Forward, NaN check, backward, update: (loss over all ranks, stop requested, metrics averaged
-        over ranks, the learning rate this update used)."""
+    def loader(self, epoch: int, skip_batches: int = 0, local_batch: int | None = None):
+        """The training loader of ``epoch`` (this rank's shard), skipping ``skip_batches`` batches;
+        ``local_batch``: a per-process batch other than the run's (the dry run's)."""
+        from fastssl.data import make_loader
+
+        args = dict(self.loader_args)
+        if local_batch is not None:
+            args["batch_size"] = local_batch
+        return make_loader(self.train_src, epoch=epoch, skip_batches=skip_batches, **args)
+
+    def step(self, views, labels, stop_requested: bool = False) -> tuple[float, bool, dict, float]:
+        """One training step: forward, NaN check, backward, update. Returns (loss over all ranks, whether
+        any rank asked to stop, metrics averaged over ranks, the learning rate this update used).
+        ``stop_requested``: this rank received SIGINT/SIGTERM (shared with the other ranks in the same
+        all-reduce as the loss, so every rank stops at the same step)."""
         ws = self.d.world_size
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         if self.gradcache is not None:
@@ -325,7 +337,7 @@ class Trainer:
         names = sorted(metrics)
         vals = [torch.as_tensor(metrics[k], device=loss.device).detach().float().reshape(()) for k in names]
         shared = torch.stack([loss.detach().float(), *vals,
-                              torch.tensor(float(self._stop.signum > 0), device=loss.device)])
+                              torch.tensor(float(stop_requested), device=loss.device)])
         if ws > 1:
             dist.all_reduce(shared)
             shared[:-1] /= ws
@@ -353,18 +365,14 @@ class Trainer:
 
     def _epoch(self, stop: _Stop) -> int:
         """Train the rest of the current epoch; returns the signal number if stopped by one, else 0."""
-        from fastssl.data import make_loader
-
         cfg, st = self.cfg, self.state
-        self._stop = stop
         kill_at = int(os.environ.get("FASTSSL_DEBUG_SIGKILL_AT_STEP", "0"))  # resume tests only
         epoch = st["epoch"]
         t_epoch = t_data = _clock()
         steps_here = 0
-        loader = make_loader(self.train_src, epoch=epoch, skip_batches=st["step_in_epoch"], **self.loader_args)
-        for views, labels in loader:
+        for views, labels in self.loader(epoch, skip_batches=st["step_in_epoch"]):
             t0 = _clock()
-            loss_value, stop_now, metrics, lr = self._step(views, labels)
+            loss_value, stop_now, metrics, lr = self.step(views, labels, stop_requested=stop.signum > 0)
             t1 = _clock()
             steps_here += 1
             st["global_step"] += 1
@@ -410,25 +418,36 @@ KNN_K, KNN_T = 20, 0.07
 
 
 def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger, step: int) -> None:
-    from fastssl.evaluation import extract_features, knn_classify
+    """kNN at the method's default taps (fastssl.evaluation.taps.default_taps), learned next to the run's
+    own random initialization: a table on stdout, ``eval.json`` (its top-level ``learned`` / ``random_init``
+    are the pooled output's, as before taps existed; ``layers`` holds every tap: fastssl.evaluation.layers)."""
+    from fastssl.evaluation.layers import evaluate_layers, format_table
+    from fastssl.evaluation.taps import default_taps
 
     if val_src is None:
         print("fastssl.train: the data has no val/ split, skipping the kNN evaluation", file=sys.stderr)
         return
-    kw = dict(image_size=cfg["image_size"], device=device, num_threads=cfg["workers"])
     n_cls = len(train_src.classes)
-    results = {}
     random_init = to_channels_last(_build_model(cfg).to(device))
-    for name, backbone in (("learned", method.backbone), ("random_init", random_init.backbone)):
-        tr = extract_features(backbone, train_src, **kw)
-        va = extract_features(backbone, val_src, **kw)
-        results[name] = knn_classify(*tr, *va, k=KNN_K, temperature=KNN_T, num_classes=n_cls)
-    results.update(k=KNN_K, temperature=KNN_T, train_images=len(train_src), val_images=len(val_src),
-                   classes=n_cls)
+    names = default_taps(method.backbone, method.eval_taps)
+    t0 = _clock()
+    layers = evaluate_layers({"learned": method.backbone, "random_init": random_init.backbone}, train_src, val_src,
+                             names, "knn", cfg["image_size"], device, n_cls, num_threads=cfg["workers"],
+                             knn_k=KNN_K, knn_t=KNN_T)
+    layers["seconds"] = _clock() - t0
+    pool = layers["taps"]["pool"]
+    results = {"learned": pool["learned"], "random_init": pool["random_init"], "k": KNN_K, "temperature": KNN_T,
+               "train_images": len(train_src), "val_images": len(val_src), "classes": n_cls, "layers": layers}
     (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     learned, rand = results["learned"], results["random_init"]
-    logger.log({"knn_top1": learned["top1"], "knn_top5": learned["top5"], "knn_top1_random_init": rand["top1"],
-                "knn_top5_random_init": rand["top5"]}, step, "eval")
+    record = {"knn_top1": learned["top1"], "knn_top5": learned["top5"], "knn_top1_random_init": rand["top1"],
+              "knn_top5_random_init": rand["top5"]}
+    for name, r in layers["taps"].items():
+        if name != "pool":
+            record.update({f"knn_top1_{name}": r["learned"]["top1"],
+                           f"knn_top1_{name}_random_init": r["random_init"]["top1"]})
+    logger.log(record, step, "eval")
     print(f"kNN (k=20) on {len(val_src)} val images, {n_cls} classes:\n"
           f"  learned      top-1 {learned['top1']:6.2f}%  top-5 {learned['top5']:6.2f}%\n"
-          f"  random init  top-1 {rand['top1']:6.2f}%  top-5 {rand['top5']:6.2f}%")
+          f"  random init  top-1 {rand['top1']:6.2f}%  top-5 {rand['top5']:6.2f}%\n"
+          + format_table(layers) + f"\n  ({layers['seconds']:.0f} s for every tap of both networks)")

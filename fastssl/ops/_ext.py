@@ -17,19 +17,23 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from fastssl import _build_config as cfg
+from fastssl.base.cache import cache_dir
+from fastssl.ops import _build_config as cfg
 
 
 class ExtensionBuildError(RuntimeError):
     """The C++/CUDA extension could not be compiled or loaded."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTSSL_CACHE") or Path.home() / ".cache" / "fastssl")
-
-
-def _build_key(sources: list[Path], flags: list[str], torch_version: str) -> str:
+def _build_key(sources: list[Path], flags: list[str], torch_version: str, torch_dir: str | None = None) -> str:
+    """The build folder's key: the sources (names and bytes, headers included), the flags, the torch version,
+    the Python, and WHERE the build happens and links: the sources' folder and the torch installation
+    (``torch_dir``). Two environments with the same torch version but different torch installations (two
+    virtual environments), or two checkouts, then build once each into their own folders: a shared folder
+    made ninja rebuild whenever the other one had written its build.ninja last (include paths differ)."""
     h = hashlib.sha256()
+    h.update(str(cfg.csrc_dir()).encode())
+    h.update(str(torch_dir).encode())
     for src in sources:
         h.update(src.name.encode())
         h.update(src.read_bytes())
@@ -74,7 +78,9 @@ def _jit_build():
     with_cuda, why = cfg.build_cuda(torch.version.cuda)
     sources = cfg.cpp_sources() + (cfg.cuda_sources() if with_cuda else [])
     cflags, nvflags = cfg.cxx_flags(with_cuda), (cfg.nvcc_flags() if with_cuda else [])
-    key = _build_key(sources, cflags + nvflags, torch.__version__)
+    # torch's folder as cpp_extension sees it (abspath, not realpath: its include paths are made the same way)
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    key = _build_key(sources, cflags + nvflags, torch.__version__, torch_dir)
     name = f"fastssl_C_{key}"
     build_dir = cache_dir() / "ext" / name
     build_dir.mkdir(parents=True, exist_ok=True)

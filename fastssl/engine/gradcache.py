@@ -21,7 +21,7 @@ Exact semantics (tested in tests/engine/test_gradcache.py):
   (up to the summation order of floating point).
 - BatchNorm is "ghost" batch norm: every pass normalizes a chunk (the ``V*C`` views of C images) with
   that chunk's statistics, in (a) and (c) alike, so the embeddings of (a) are exactly those (c)
-  differentiates. Under DDP the BN is global (SyncBatchNorm / fastssl.parallel.GlobalBatchNorm): the
+  differentiates. Under DDP the BN is global (SyncBatchNorm / fastssl.engine.parallel.GlobalBatchNorm): the
   statistics of chunk ``i`` cover chunk ``i`` of every process (``processes*V*C`` views). The running
   statistics (``running_mean``, ``running_var``, ``num_batches_tracked``: every buffer of the model) are
   restored after (a), so they are updated once per chunk, by (c): a chunked step updates them exactly as
@@ -46,7 +46,7 @@ import contextlib
 import torch
 from torch import nn
 
-from fastssl.errors import ConfigError
+from fastssl.base.errors import ConfigError
 
 
 def check_config(method_cls, cfg: dict) -> None:

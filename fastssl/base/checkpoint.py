@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastssl.errors import DataError
+from fastssl.base.errors import DataError
 
 
 class CheckpointError(DataError):
