@@ -14,7 +14,7 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ["fastssl", "fastssl.ops", "fastssl.models", "fastssl.methods", "fastssl.data",
+PACKAGES = ["fastssl", "fastssl.ops", "fastssl.ops.nt_xent", "fastssl.models", "fastssl.methods", "fastssl.data",
             "fastssl.kernels", "fastssl.csrc"]
 
 
