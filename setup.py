@@ -11,11 +11,12 @@ import importlib.util
 import os
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ["fastssl", "fastssl.base", "fastssl.cli", "fastssl.engine", "fastssl.evaluation", "fastssl.methods",
-            "fastssl.data", "fastssl.models", "fastssl.ops", "fastssl.kernels", "fastssl.csrc"]
+# Every package under fastssl/ (layers as folders: base, cli, engine, evaluation, ...), plus kernels/ and csrc/
+# installed as fastssl.kernels and fastssl.csrc.
+PACKAGES = sorted({*find_packages(include=["fastssl", "fastssl.*"]), "fastssl.kernels", "fastssl.csrc"})
 
 
 def _aot_extension():

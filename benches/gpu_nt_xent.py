@@ -31,8 +31,7 @@ from bench_nt_xent import TAU, D, fwd_bwd, naive_bytes, naive_nt_xent  # noqa: E
 
 from fastssl.ops import nt_xent  # noqa: E402
 from fastssl.ops._backend import triton_interpreting  # noqa: E402
-
-ntx = sys.modules["fastssl.ops.nt_xent"]
+from fastssl.ops.nt_xent import plans  # noqa: E402
 
 SIZES = (4096, 65536, 1048576)
 CPU_SIZES = (64, 256)  # --device cpu smoke test
@@ -143,7 +142,7 @@ def split_rows(n: int, device, dtype, rounds: int, record_rows: bool) -> list[di
     out, grads = {}, {}
     rows = []
     for split in (None, 1):
-        ntx.SPLIT_K = split
+        plans.SPLIT_K = split
         try:
             a, b = (x.detach().clone().requires_grad_() for x in (z1, z2))
             loss = nt_xent(a, b, TAU)
@@ -152,7 +151,7 @@ def split_rows(n: int, device, dtype, rounds: int, record_rows: bool) -> list[di
             fwd = harness.time_ms(lambda: nt_xent(z1, z2, TAU), device, rounds, warmup=1)
             both = harness.time_ms(fwd_bwd(nt_xent, z1, z2), device, rounds, warmup=1)
         finally:
-            ntx.SPLIT_K = None
+            plans.SPLIT_K = None
         rows.append(dict(split="auto" if split is None else "1", fwd_ms=fwd, fwd_bwd_ms=both))
     # the same sums in another order: fp32 rounding (gradients: one rounding of the dtype)
     eps = torch.finfo(dtype).eps
@@ -175,10 +174,11 @@ def split_rows(n: int, device, dtype, rounds: int, record_rows: bool) -> list[di
 
 def _splits(kind: str, z) -> int:
     """The automatic split count of kernel ``kind`` for Z = [z1; z2] on z's device."""
-    arch = ntx._arch(z)
-    cfg = ntx.triton_config(kind, z.dtype, z.shape[1], arch)
+    arch = plans.arch_of(z)
+    cfg = plans.triton_config(kind, z.dtype, z.shape[1], arch)
     r = 2 * z.shape[0]
-    return ntx.key_splits(math.ceil(r / cfg["BLOCK_M"]), r, cfg["BLOCK_N"], ntx._sms(z, arch, None), arch is None)[0]
+    return plans.key_splits(math.ceil(r / cfg["BLOCK_M"]), r, cfg["BLOCK_N"], plans._sms(z, arch, None),
+                            arch is None)[0]
 
 
 def main(argv=None) -> int:

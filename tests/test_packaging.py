@@ -31,6 +31,8 @@ def test_wheel_contains_kernels_and_sources(tmp_path):
     wheel = next((tmp_path / "dist").glob("fastssl-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for want in ["fastssl/__init__.py", "fastssl/kernels/__init__.py", "fastssl/ops/__init__.py",
+                 "fastssl/ops/nt_xent/__init__.py", "fastssl/ops/nt_xent/register.py", "fastssl/engine/trainer.py",
+                 "fastssl/cli/train.py", "fastssl/base/errors.py", "fastssl/evaluation/taps.py",
                  "fastssl/ops/_build_config.py", "fastssl/csrc/ops.cpp", "fastssl/csrc/hamming_greedy.h",
                  "fastssl/csrc/cuda/hamming_greedy.cu"]:
         assert want in names, f"{want} missing from {wheel.name}"

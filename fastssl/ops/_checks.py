@@ -1,4 +1,4 @@
-"""Input checks shared by the MAE token ops (ValueError with a message naming the argument)."""
+"""Input checks shared by the ops (ValueError with a message naming the argument)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,15 @@ def check_id_range(name: str, ids: torch.Tensor, upper: int) -> None:
         raise ValueError(f"{name} holds the index {bad}, outside [0, {upper}) (the number of patches)")
 
 
-def check_same(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor, dtype: bool = True) -> None:
+def check_same(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor, dtype: bool = True,
+               autocast_hint: bool = True) -> None:
+    """ValueError unless a and b are on one device (and, with ``dtype``, of one dtype). ``autocast_hint``:
+    the dtype error suggests torch.autocast (for ops that cast their parameters under autocast)."""
     if a.device != b.device:
         raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}")
     if dtype and a.dtype != b.dtype:
-        raise ValueError(f"{a_name} is {a.dtype} but {b_name} is {b.dtype} (cast them to one dtype, or run "
-                         "under torch.autocast)")
+        hint = " (cast them to one dtype, or run under torch.autocast)" if autocast_hint else ""
+        raise ValueError(f"{a_name} is {a.dtype} but {b_name} is {b.dtype}{hint}")
 
 
 def check_patch(images: torch.Tensor, patch_size) -> tuple[int, int]:

@@ -7,7 +7,6 @@ TRITON_INTERPRET=1 (tiny shapes; the interpreter rounds G to the input dtype as 
 the same tests run the compiled kernels on CUDA in the GPU check (`pytest -m cuda`). Errors are
 bounded relative to the reference's scale (tests/helpers.assert_rel_close)."""
 
-import importlib
 import math
 
 import pytest
@@ -16,8 +15,10 @@ from helpers import assert_rel_close
 
 from fastssl.ops import NTXentLoss, info_nce, info_nce_ref, nt_xent, nt_xent_ref
 from fastssl.ops._backend import triton_interpreting
-
-ntx = importlib.import_module("fastssl.ops.nt_xent")  # the module (fastssl.ops.nt_xent is the function)
+from fastssl.ops.nt_xent import MAX_TRITON_D, MAX_TRITON_D_FP32
+from fastssl.ops.nt_xent import cpu as ntx_cpu
+from fastssl.ops.nt_xent import register as ntx_register
+from fastssl.ops.nt_xent.ref import info_nce_ref_core, nt_xent_positives
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # relative error floors in the converged regime (aligned positives), against the float64 reference,
@@ -69,7 +70,7 @@ def _one_thread():
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Row blocks of a few dozen rows, so the blockwise path's block loop is exercised on small N."""
-    monkeypatch.setattr(ntx, "CPU_BLOCK_ELEMS", 1 << 14)
+    monkeypatch.setattr(ntx_cpu, "CPU_BLOCK_ELEMS", 1 << 14)
 
 
 def _grads(fn, *xs):
@@ -214,7 +215,7 @@ def test_info_nce_self_offset(be, on):
     dev = on(be)
     m, nk, off, d = 12, 36, 12, 24
     q, k = torch.randn(m, d, device=dev), torch.randn(nk, d, device=dev)
-    pos = ntx._nt_xent_positives(m, off, dev)
+    pos = nt_xent_positives(m, off, dev)
     be_name = be[0]
 
     def op(a, b, t):
@@ -222,7 +223,7 @@ def test_info_nce_self_offset(be, on):
 
     tau = torch.tensor(0.1, device=dev)
     loss, (gq, gk, gt) = _grads(op, q, k, tau)
-    ref64, (rq, rk, rt) = _grads(lambda a, b, t: ntx._info_nce_ref_core(a, b, pos.cpu(), t, True, off),
+    ref64, (rq, rk, rt) = _grads(lambda a, b, t: info_nce_ref_core(a, b, pos.cpu(), t, True, off),
                                  q.double().cpu(), k.double().cpu(), tau.double().cpu())
     assert_rel_close(loss, ref64, name="loss")
     assert_rel_close(gq, rq, name="grad query")
@@ -421,16 +422,16 @@ def test_ref_backend_returns_fp32(backend):
     assert loss.dtype == torch.float32
 
 
-@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, ntx.MAX_TRITON_D + 1),
-                                     (torch.float32, ntx.MAX_TRITON_D_FP32 + 1)], ids=str)
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, MAX_TRITON_D + 1),
+                                     (torch.float32, MAX_TRITON_D_FP32 + 1)], ids=str)
 def test_wide_embeddings_take_blockwise_path(dtype, d, backend, monkeypatch):
     """D > 512 (fp32: D > 128) falls back to the blockwise path under FASTSSL_BACKEND=triton."""
     backend("triton")
     if not triton_interpreting():
         pytest.skip("FASTSSL_BACKEND=triton on CPU tensors needs the interpreter")
     calls = []
-    real = ntx._native_nt_xent_fwd
-    monkeypatch.setattr(ntx, "_native_nt_xent_fwd", lambda *a: calls.append(1) or real(*a))
+    real = ntx_register.native_nt_xent_fwd
+    monkeypatch.setattr(ntx_register, "native_nt_xent_fwd", lambda *a: calls.append(1) or real(*a))
     _check_nt_xent(*_pair(3, d, dtype), 0.1)
     assert calls
 
@@ -439,7 +440,7 @@ def test_memory_is_linear_in_batch(backend, monkeypatch):
     """The blockwise path never allocates a 2N x 2N matrix: every similarity block it builds has at
     most CPU_BLOCK_ELEMS entries."""
     backend("native")
-    monkeypatch.setattr(ntx, "CPU_BLOCK_ELEMS", 1 << 14)
+    monkeypatch.setattr(ntx_cpu, "CPU_BLOCK_ELEMS", 1 << 14)
     seen = []
     real_mm = torch.mm
 
@@ -506,7 +507,7 @@ def test_opcheck(be, on):
     zg = torch.randn(12, 8, device=dev)
     lse_all = []
     for r in range(2):
-        pos_r = ntx._nt_xent_positives(6, 6 * r, zg.device)
+        pos_r = nt_xent_positives(6, 6 * r, zg.device)
         _, lse_r, _, rn_all = ops.info_nce_fwd(zg[6 * r:6 * r + 6], zg, pos_r, tau.detach(), True, 6 * r, True, name)
         lse_all.append(lse_r)
     torch.library.opcheck(ops.nt_xent_gathered_bwd.default, (torch.tensor([1.0, 0.5], device=dev), zg, tau.detach(),
@@ -539,8 +540,8 @@ def test_backend_env_var_is_not_stale_under_compile(backend, monkeypatch):
     read: changing it recompiles (the compiled function never keeps a stale back end)."""
     torch._dynamo.reset()
     calls = []
-    real = ntx._native_nt_xent_fwd
-    monkeypatch.setattr(ntx, "_native_nt_xent_fwd", lambda *a: calls.append(1) or real(*a))
+    real = ntx_register.native_nt_xent_fwd
+    monkeypatch.setattr(ntx_register, "native_nt_xent_fwd", lambda *a: calls.append(1) or real(*a))
     f = torch.compile(lambda a, b: nt_xent(a, b, 0.1), fullgraph=True)
     z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
     backend("native")

@@ -5,7 +5,7 @@ is compiled with the specialization a real launch gets (the launch plan's own ar
 Triton's ``native_specialize_impl``: dtypes, divisibility-by-16 hints, ints == 1 as constants) and the
 per-arch config, then the cubin's resource usage (``cuobjdump --dump-resource-usage``, Triton's
 bundled copy) is checked: no local memory (STACK 0, LOCAL 0: no spills) and static + dynamic shared
-memory within the arch's per-block limit (fastssl.ops.nt_xent.SMEM_LIMIT).
+memory within the arch's per-block limit (fastssl.ops.nt_xent.plans.SMEM_LIMIT).
 
 Run as a script for the table: ``TRITON_INTERPRET=0 python tests/ops/test_nt_xent_aot.py [--full]``.
 """
@@ -32,41 +32,40 @@ FULL = dict(cases=[(dt, d) for dt in ("bfloat16", "float16") for d in (32, 64, 1
 
 def _plans(dtype, d: int, n: int, arch):
     """Every launch plan the ops issue, built from CPU tensors of the real shapes."""
-    import importlib
-
     import torch
 
-    ntx = importlib.import_module("fastssl.ops.nt_xent")
+    from fastssl.ops.nt_xent.launch import pad16
+    from fastssl.ops.nt_xent.plans import fwd_plan, info_nce_bwd_plan, nt_xent_bwd_plan, rnorm_plan
 
     r = 2 * n
-    z = ntx._pad16(torch.empty(r, d, dtype=dtype))  # the launchers pad D to a multiple of 16
+    z = pad16(torch.empty(r, d, dtype=dtype))  # the launchers pad D to a multiple of 16
     f32 = dict(dtype=torch.float32)
     rn, lse, loss, rad = torch.empty(r, **f32), torch.empty(r, **f32), torch.empty(r, **f32), torch.empty(r, **f32)
     one = torch.empty(1, **f32)
     pos = torch.empty(r, dtype=torch.int64)
-    plans = {"rnorm": ntx.rnorm_plan(z, rn, arch)}
+    plans = {"rnorm": rnorm_plan(z, rn, arch)}
     for normalize in (True, False):
         tag = "" if normalize else "/raw"
-        plans["fwd_nt_xent" + tag] = ntx.fwd_plan(z, z, rn, rn, pos, one, lse, loss, self_offset=0, exclude_self=True,
-                                                  pos_half=True, normalize=normalize, arch=arch)
-        plans["fwd_info_nce" + tag] = ntx.fwd_plan(z, z, rn, rn, pos, one, lse, loss, self_offset=r,
-                                                   exclude_self=False, pos_half=False, normalize=normalize, arch=arch)
-        plans["bwd_nt_xent" + tag] = ntx.nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z), rad,
-                                                          normalize=normalize, arch=arch)
+        plans["fwd_nt_xent" + tag] = fwd_plan(z, z, rn, rn, pos, one, lse, loss, self_offset=0, exclude_self=True,
+                                              pos_half=True, normalize=normalize, arch=arch)
+        plans["fwd_info_nce" + tag] = fwd_plan(z, z, rn, rn, pos, one, lse, loss, self_offset=r,
+                                               exclude_self=False, pos_half=False, normalize=normalize, arch=arch)
+        plans["bwd_nt_xent" + tag] = nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z), rad,
+                                                      normalize=normalize, arch=arch)
         # split-K (row blocks < SMs: N=4096 on a 132-SM H100/H200 splits both) and the gathered backward
         # (rank 1 of 4, per-row weights)
-        plans["fwd_nt_xent/split" + tag] = ntx.fwd_plan(z, z, rn, rn, pos, one, lse, loss, self_offset=0,
-                                                        exclude_self=True, pos_half=True, normalize=normalize,
-                                                        arch=arch, sms=132)
-        plans["bwd_nt_xent/split" + tag] = ntx.nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z), rad,
-                                                                normalize=normalize, arch=arch, sms=132)
-        plans["bwd_gathered" + tag] = ntx.nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z[:r // 4]),
-                                                           rad, normalize=normalize, arch=arch, m=r // 4,
-                                                           self_offset=r // 4, wcol=rn)
+        plans["fwd_nt_xent/split" + tag] = fwd_plan(z, z, rn, rn, pos, one, lse, loss, self_offset=0,
+                                                    exclude_self=True, pos_half=True, normalize=normalize,
+                                                    arch=arch, sms=132)
+        plans["bwd_nt_xent/split" + tag] = nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z), rad,
+                                                            normalize=normalize, arch=arch, sms=132)
+        plans["bwd_gathered" + tag] = nt_xent_bwd_plan(z, rn, one, lse, one, one, torch.empty_like(z[:r // 4]),
+                                                       rad, normalize=normalize, arch=arch, m=r // 4,
+                                                       self_offset=r // 4, wcol=rn)
         dq = torch.empty_like(z)
-        plans["bwd_dq_dk" + tag] = ntx.info_nce_bwd_plan(z, z, rn, rn, one, one, pos, lse, one, one, dq,
-                                                         torch.empty_like(z), rad, self_offset=r, exclude_self=True,
-                                                         normalize=normalize, arch=arch)
+        plans["bwd_dq_dk" + tag] = info_nce_bwd_plan(z, z, rn, rn, one, one, pos, lse, one, one, dq,
+                                                     torch.empty_like(z), rad, self_offset=r, exclude_self=True,
+                                                     normalize=normalize, arch=arch)
     return plans
 
 
@@ -114,7 +113,7 @@ def compile_all(cases, archs, ops=None, n: int = 4096) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fastssl.ops.nt_xent import SMEM_LIMIT
+    from fastssl.ops.nt_xent.plans import SMEM_LIMIT
 
     rows = []
     for arch in archs:
@@ -136,7 +135,12 @@ def compile_all(cases, archs, ops=None, n: int = 4096) -> list[dict]:
 
 
 def _run(full: bool) -> list[dict]:
-    env = dict(os.environ, TRITON_INTERPRET="0")
+    import fastssl
+
+    # the script imports the fastssl this process tests (a worktree's, not the editable install's)
+    root = str(Path(fastssl.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=path)
     cmd = [sys.executable, __file__, "--json"] + (["--full"] if full else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stderr[-4000:]

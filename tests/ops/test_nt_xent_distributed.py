@@ -110,6 +110,7 @@ def _weighted_worker(rank: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         from fastssl.ops import nt_xent
+        from fastssl.ops.nt_xent.ref import info_nce_ref_core, nt_xent_positives
 
         ntx = importlib.import_module("fastssl.ops.nt_xent")
         n, d = 4, 13
@@ -130,12 +131,12 @@ def _weighted_worker(rank: int, init_file: str) -> None:
                 zz = zz.clone().requires_grad_()
                 tau64 = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
                 m = 2 * n
-                mine = ntx._info_nce_ref_core(zz[rank * m:(rank + 1) * m], zz,
-                                              ntx._nt_xent_positives(m, rank * m, zz.device), tau64, normalize,
-                                              rank * m)
-                total = sum((1 + r) * ntx._info_nce_ref_core(zz[r * m:(r + 1) * m], zz,
-                                                             ntx._nt_xent_positives(m, r * m, zz.device),
-                                                             tau64.detach(), normalize, r * m)
+                mine = info_nce_ref_core(zz[rank * m:(rank + 1) * m], zz,
+                                         nt_xent_positives(m, rank * m, zz.device), tau64, normalize,
+                                         rank * m)
+                total = sum((1 + r) * info_nce_ref_core(zz[r * m:(r + 1) * m], zz,
+                                                        nt_xent_positives(m, r * m, zz.device),
+                                                        tau64.detach(), normalize, r * m)
                             for r in range(WORLD))
                 (want_z,) = torch.autograd.grad(total, zz)
                 (want_tau,) = torch.autograd.grad((1 + rank) * mine, tau64)

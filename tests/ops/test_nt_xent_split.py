@@ -7,16 +7,14 @@ forward and backward, under TRITON_INTERPRET=1 (and compiled in `pytest -m cuda`
 backward (``torch.ops.fastssl.nt_xent_gathered_bwd``) is checked against the float64 spec of the
 sum over simulated ranks of their weighted local losses, split and unsplit."""
 
-import importlib
-
 import pytest
 import torch
 from helpers import assert_rel_close
 
 from fastssl.ops import info_nce, nt_xent
 from fastssl.ops._backend import triton_interpreting
-
-ntx = importlib.import_module("fastssl.ops.nt_xent")
+from fastssl.ops.nt_xent import plans
+from fastssl.ops.nt_xent.ref import info_nce_ref_core, nt_xent_positives
 
 BACKENDS = [pytest.param("interp", id="triton-interp"),
             pytest.param("cuda", marks=pytest.mark.cuda, id="triton-cuda")]
@@ -42,7 +40,7 @@ def _rel(a, b, rtol, name):
 
 
 def _run(fn, tensors, split, monkeypatch):
-    monkeypatch.setattr(ntx, "SPLIT_K", split)
+    monkeypatch.setattr(plans, "SPLIT_K", split)
     xs = [t.detach().clone().requires_grad_() for t in tensors]
     out = fn(*xs)
     out.backward()
@@ -53,14 +51,14 @@ def test_key_splits_cover_the_keys_once(monkeypatch):
     """Every key lands in exactly one split of whole tiles; no split when the row blocks fill the SMs;
     SPLIT_K overrides."""
     for row_blocks, nk, bn, sms in [(64, 8192, 64, 132), (1, 100, 16, 4), (3, 4097, 64, 108), (2, 5, 16, 132)]:
-        n, chunk = ntx.key_splits(row_blocks, nk, bn, sms, interpreter=False)
+        n, chunk = plans.key_splits(row_blocks, nk, bn, sms, interpreter=False)
         assert chunk % bn == 0 and n * chunk >= nk and (n - 1) * chunk < nk
-        assert n <= ntx.MAX_SPLIT and n <= max(1, row_blocks and -(-sms // row_blocks))
-    assert ntx.key_splits(64, 8192, 64, 132, False)[0] == 3  # N=4096 fwd, BLOCK_M=128 on an H100/H200
-    assert ntx.key_splits(200, 8192, 64, 132, False)[0] == 1
-    assert ntx.key_splits(2, 64, 16, 4, True) == (2, 32)  # interpreter: one tile per split allowed
-    monkeypatch.setattr(ntx, "SPLIT_K", 3)
-    assert ntx.key_splits(1000, 160, 16, 4, True) == (3, 64)
+        assert n <= plans.MAX_SPLIT and n <= max(1, row_blocks and -(-sms // row_blocks))
+    assert plans.key_splits(64, 8192, 64, 132, False)[0] == 3  # N=4096 fwd, BLOCK_M=128 on an H100/H200
+    assert plans.key_splits(200, 8192, 64, 132, False)[0] == 1
+    assert plans.key_splits(2, 64, 16, 4, True) == (2, 32)  # interpreter: one tile per split allowed
+    monkeypatch.setattr(plans, "SPLIT_K", 3)
+    assert plans.key_splits(1000, 160, 16, 4, True) == (3, 64)
 
 
 @pytest.mark.parametrize("dev", BACKENDS, indirect=True)
@@ -114,8 +112,8 @@ def _gathered_spec(z, world, tau, weights, normalize):
     """float64 spec: d(sum_r w_r L_r)/dz, L_r the mean over rank r's 2n rows against all rows."""
     z = z.double().clone().requires_grad_()
     m = z.shape[0] // world
-    total = sum(w * ntx._info_nce_ref_core(z[r * m:(r + 1) * m], z, ntx._nt_xent_positives(m, r * m, z.device),
-                                           tau, normalize, r * m)
+    total = sum(w * info_nce_ref_core(z[r * m:(r + 1) * m], z, nt_xent_positives(m, r * m, z.device),
+                                      tau, normalize, r * m)
                 for r, w in enumerate(weights))
     (g,) = torch.autograd.grad(total, z)
     return g
@@ -136,7 +134,7 @@ def test_gathered_backward_without_process_group(dtype, normalize, dev, monkeypa
     m = 2 * n
     lse, rnk = [], None
     for r in range(world):
-        pos = ntx._nt_xent_positives(m, r * m, dev)
+        pos = nt_xent_positives(m, r * m, dev)
         _, lse_r, _, rnk = torch.ops.fastssl.info_nce_fwd(z[r * m:(r + 1) * m], z, pos, t, normalize, r * m, True,
                                                           "triton")
         lse.append(lse_r)
@@ -153,7 +151,7 @@ def test_gathered_backward_without_process_group(dtype, normalize, dev, monkeypa
         want = spec[r * m:(r + 1) * m]
         got = {}
         for split in (1, 2):
-            monkeypatch.setattr(ntx, "SPLIT_K", split)
+            monkeypatch.setattr(plans, "SPLIT_K", split)
             # need_ps=True (the learnable-temperature variant; the plain one runs in the distributed tests)
             dz, ps = torch.ops.fastssl.nt_xent_gathered_bwd(grads, z, t, lse, rnk, r * m, normalize, True, "triton")
             assert dz.shape == (m, d) and dz.dtype == dtype
