@@ -70,6 +70,16 @@ class Progress:
             self.stream.write(self.line(step, prefix, **metrics) + "\n")
             self.stream.flush()
 
+    def write(self, text: str) -> None:
+        """A line of its own above the bar (tqdm.write on a terminal), or in the log."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
     def close(self) -> None:
         """End the terminal bar's line, if one is open (safe to call more than once)."""
         if self.bar is not None:

@@ -9,7 +9,7 @@ The presets ship inside the installed package, so a user without the source tree
 text names a packaged preset, with or without a leading ``configs/`` and the ``.yaml`` suffix. In a source
 checkout the repository's ``configs`` folder is a link to ``fastssl/configs``, so both spellings open the
 same file. Each preset is the flag values of one paper's ImageNet setting, every number's source in a
-comment on its line (README "Training on ImageNet").
+comment on its line (docs/imagenet.md).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
     names = ", ".join(sorted(METHODS)) or "(none registered)"
     p.add_argument("--method", default=None, help=f"SSL method: {names}")
     p.add_argument("--config", default=None, help="JSON/YAML file of flag values (e.g. a run's config.json), or a "
-                   "packaged preset: imagenet/<method> (README \"Training on ImageNet\")")
+                   "packaged preset: imagenet/<method> (docs/imagenet.md)")
     p.add_argument("--data", default=None, help="ImageNet-layout root (train/ [+ val/] of class folders); "
                    "default: the built-in demo dataset")
     p.add_argument("--arch", type=_arch, default="resnet18", help=f"backbone: {', '.join(ARCHS)}")
@@ -56,7 +56,7 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=at.positive_int, default=100, help="training epochs")
     p.add_argument("--batch-size", type=at.positive_int, default=256, help="global batch size (all processes)")
     p.add_argument("--chunk-size", type=at.positive_int, default=None,
-                   help="images per backbone pass per process: gradient-cached step (README 'Batches larger "
+                   help="images per backbone pass per process: gradient-cached step (docs/training.md 'Batches larger "
                    "than memory'); must divide the per-process batch")
     p.add_argument("--lr", type=at.positive_float, default=0.3, help="base learning rate for a batch of 256")
     p.add_argument("--optimizer", default="lars", choices=OPTIMIZERS)
@@ -75,7 +75,11 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
     p.add_argument("--recipe-options", default=None, type=at.json_object,
                    help='JSON overrides of the view recipe, e.g. \'{"gray_p": 0.5}\'')
     p.add_argument("--device", type=at.device, default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--eval", default="knn", choices=["knn", "none"], help="evaluation after training")
+    p.add_argument("--eval", default="knn", choices=["knn", "none"],
+                   help="evaluation after training: kNN at the method's default taps, learned vs random init")
+    p.add_argument("--eval-every", type=at.nonneg_int, default=0,
+                   help="also run the kNN of the method's default taps on the val split every K epochs and log it "
+                   "beside the loss (a learning curve; 0: off)")
     p.add_argument("--on-bad", default="error", choices=["error", "skip"],
                    help="bad image files (unreadable, not an image, truncated, corrupt body): stop with their "
                    "paths, or leave them out with a warning")

@@ -19,7 +19,7 @@ Refused, as one-line ``DataError`` naming the file and line: a missing list file
 of the forms, a class that is not a training class, a file listed twice, files that do not exist, an
 empty list. The devkit's ``ILSVRC2012_validation_ground_truth.txt`` (one number per line) is refused with
 the reason: its numbers are ILSVRC2012_IDs in the devkit's meta.mat order, not positions in the sorted
-wnid list, and the file names no images; convert it to ``<file> <wnid>`` lines (README "Training on
+wnid list, and the file names no images; convert it to ``<file> <wnid>`` lines (docs/imagenet.md "Training on
 ImageNet") or use Kaggle's LOC_val_solution.csv. Integer labels (``<file> <int>``, e.g. Caffe's val.txt)
 are refused too: whether an integer means a sorted-wnid index or an ILSVRC2012_ID cannot be told from the file.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Flags that may differ between a run and its --resume: they don't change what is computed.
 RUNTIME_KEYS = frozenset({"out", "resume", "workers", "log_every", "ckpt_every", "compile", "device", "config",
-                          "eval", "quiet", "on_bad", "val_list", "dry_run", "dry_run_batch"})
+                          "eval", "eval_every", "quiet", "on_bad", "val_list", "dry_run", "dry_run_batch"})
 
 # What the data order and the learning-rate schedule depend on besides the config: the number of
 # processes (shard padding), the number of training images and the steps per epoch they give.

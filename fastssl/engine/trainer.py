@@ -411,7 +411,31 @@ class Trainer:
         if is_best:
             self.save("best.pt")
         self.visualize(epoch + 1)
+        if cfg.get("eval_every") and (epoch + 1) % cfg["eval_every"] == 0:
+            self.eval_curve(epoch + 1)
         return 0
+
+    def eval_curve(self, epoch: int) -> None:
+        """``--eval-every``: the kNN of the method's default taps on the val split (rank 0; learned weights
+        only: the random-init baseline is the final evaluation's), logged as ``knn_top1_<tap>`` records with
+        its cost ``eval_s``. Eval mode and a forked RNG: training computes exactly what it would without it."""
+        if not self.d.is_main or self.val_src is None:
+            return
+        from fastssl.evaluation.layers import evaluate_layers
+        from fastssl.evaluation.taps import default_taps
+
+        m, cfg = self.method, self.cfg
+        t0 = _clock()
+        with torch.random.fork_rng(devices=[self.d.device] if self.d.device.type == "cuda" else []):
+            res = evaluate_layers({"learned": m.backbone}, self.train_src, self.val_src,
+                                  default_taps(m.backbone, m.eval_taps), "knn", cfg["image_size"], self.d.device,
+                                  len(self.train_src.classes), num_threads=cfg["workers"], knn_k=KNN_K, knn_t=KNN_T)
+        record = {"epoch": epoch, **{f"knn_top1_{n}": r["learned"]["top1"] for n, r in res["taps"].items()},
+                  "eval_s": _clock() - t0}
+        self.logger.log(record, self.state["global_step"], "eval_curve")
+        if not cfg["quiet"]:
+            shown = ", ".join(f"{n} {r['learned']['top1']:.1f}" for n, r in res["taps"].items())
+            self.progress.write(f"epoch {epoch}: kNN top-1 (val) {shown} [{record['eval_s']:.0f} s]")
 
 
 KNN_K, KNN_T = 20, 0.07

@@ -85,7 +85,7 @@ def ab_gamut_bins(grid: int = 10, steps: int = 512, device=None) -> torch.Tensor
 
     Note: with grid 10 this rule gives 262 bins; the paper's released ``pts_in_hull.npy`` holds 313
     points whose rule is not documented (it spans the same a range -90..100 and b range -110..90, so it
-    is a more generous footprint). README "colorize" lists the rules tried.
+    is a more generous footprint). docs/methods/colorize.md lists the rules tried.
     """
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")

@@ -85,7 +85,7 @@ def bin_counts(cfg: dict, bins: torch.Tensor, subsample: int) -> torch.Tensor:
 @register("colorize")
 class Colorize(Method):
     recipe = "crop"
-    # Demo defaults (a 2-core CPU): see README "denoise, inpaint, colorize, bow on the demo data".
+    # Demo defaults (a 2-core CPU): see docs/methods/colorize.md.
     defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=12, optimizer="adamw",
                     lr=2e-3, weight_decay=0.05, warmup_epochs=0.1)
     subsample = 4  # targets at 1/4 of the image size (the paper: 56 of 224)

@@ -31,7 +31,7 @@ from fastssl.methods.generative import (
 @register("denoise")
 class Denoise(Method):
     recipe = "crop"
-    # Demo defaults (a 2-core CPU): see README "denoise, inpaint, colorize, bow on the demo data".
+    # Demo defaults (a 2-core CPU): see docs/methods/denoise.md.
     defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=12, optimizer="adamw",
                     lr=2e-3, weight_decay=0.05, warmup_epochs=0.1)
 

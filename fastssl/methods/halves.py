@@ -105,7 +105,7 @@ class Halves(Method):
     recipe = "simclr"  # two augmented views; the method masks them itself
     # Demo defaults: ViT-Tiny at patch 8 on 64 px (64 patches, 32 per half), batch 128, AdamW; the epoch
     # count gives about the wall time of rotation's default run (step cost measured against rotation's in
-    # the same process: README "halves: our own pretext task").
+    # the same process: docs/methods/halves.md).
     defaults = dict(arch="vit_tiny", image_size=64, batch_size=128, epochs=4, optimizer="adamw", lr=1e-3,
                     weight_decay=0.05, warmup_epochs=0.5)
     adamw_betas = (0.9, 0.95)

@@ -91,7 +91,7 @@ def random_block_mask(batch: int, size: int, blocks: int, device, generator=None
 @register("inpaint")
 class Inpaint(Method):
     recipe = "crop"
-    # Demo defaults (a 2-core CPU): see README "denoise, inpaint, colorize, bow on the demo data".
+    # Demo defaults (a 2-core CPU): see docs/methods/inpaint.md.
     defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=12, optimizer="adamw",
                     lr=2e-3, weight_decay=0.05, warmup_epochs=0.1)
 

@@ -55,7 +55,7 @@ class MAE(Method):
     recipe = "mae"
     # The built-in demo (64 px, 2-core CPU): ViT-Tiny at patch 8 (64 tokens, 16 visible), a 2 x 128
     # decoder; batch 128 at base lr 1e-3 (the same lr as batch 256 at 5e-4, twice the updates: linear
-    # probe 36.7% against 27.7%, random init 28.9%), measured in README "MAE". ImageNet (the paper):
+    # probe 36.7% against 27.7%, random init 28.9%), measured in docs/methods/mae.md. ImageNet (the paper):
     # vit_base, 224 px, --decoder-depth 8 --decoder-dim 512, batch 4096, lr 1.5e-4, 800 epochs, 40 warmup.
     defaults = dict(arch="vit_tiny", image_size=64, batch_size=128, epochs=10, optimizer="adamw", lr=1e-3,
                     weight_decay=0.05, warmup_epochs=1)

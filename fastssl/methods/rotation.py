@@ -28,7 +28,7 @@ def rotate_all(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @register("rotation")
 class Rotation(Method):
     recipe = "rotation"
-    # Demo defaults (64 px, 4 x 128 images per step), measured: README "Tile pretext tasks".
+    # Demo defaults (64 px, 4 x 128 images per step), measured: docs/methods/rotation.md.
     defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=128, epochs=8, optimizer="sgd",
                     lr=0.1, weight_decay=5e-4, warmup_epochs=1)
 

@@ -22,7 +22,7 @@ class SimCLR(Method):
     eval_taps = "output"  # contrastive features peak at the output (layer4, pool)
     chunkable = True  # --chunk-size (fastssl.engine.gradcache): the loss needs only the per-image embeddings
     # Tuned for the built-in demo (a 2-core CPU, ~7 minutes, kNN 54.8% vs 18.1% at random init): see
-    # README "SimCLR on the demo data". ImageNet wants width 64, 224 px, --min-scale 0.08.
+    # docs/methods/simclr.md. ImageNet wants width 64, 224 px, --min-scale 0.08.
     defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=256, epochs=35, optimizer="lars",
                     lr=1.2, weight_decay=1e-6, warmup_epochs=1)
 
