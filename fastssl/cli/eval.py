@@ -206,7 +206,7 @@ def _run_layers(args, backbone, cfg: dict, names: list[str], train_src, val_src,
           "val images ...", file=sys.stderr)
     params = ({"k": args.k, "temperature": args.temperature} if args.protocol == "knn" else
               {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay})
-    res = evaluate_layers(backbones, train_src, val_src, names, args.protocol, n_cls, **kw,
+    res = evaluate_layers(backbones, train_src, val_src, names, args.protocol, num_classes=n_cls, **kw,
                           knn_k=args.k, knn_t=args.temperature,
                           linear_kw={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay})
     print(format_table(res))

@@ -428,8 +428,9 @@ class Trainer:
         t0 = _clock()
         with torch.random.fork_rng(devices=[self.d.device] if self.d.device.type == "cuda" else []):
             res = evaluate_layers({"learned": m.backbone}, self.train_src, self.val_src,
-                                  default_taps(m.backbone, m.eval_taps), "knn", cfg["image_size"], self.d.device,
-                                  len(self.train_src.classes), num_threads=cfg["workers"], knn_k=KNN_K, knn_t=KNN_T)
+                                  default_taps(m.backbone, m.eval_taps), "knn", image_size=cfg["image_size"],
+                                  device=self.d.device, num_classes=len(self.train_src.classes),
+                                  num_threads=cfg["workers"], knn_k=KNN_K, knn_t=KNN_T)
         record = {"epoch": epoch, **{f"knn_top1_{n}": r["learned"]["top1"] for n, r in res["taps"].items()},
                   "eval_s": _clock() - t0}
         self.logger.log(record, self.state["global_step"], "eval_curve")
@@ -456,7 +457,8 @@ def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger, step:
     names = default_taps(method.backbone, method.eval_taps)
     t0 = _clock()
     layers = evaluate_layers({"learned": method.backbone, "random_init": random_init.backbone}, train_src, val_src,
-                             names, "knn", cfg["image_size"], device, n_cls, num_threads=cfg["workers"],
+                             names, "knn", image_size=cfg["image_size"], device=device, num_classes=n_cls,
+                             num_threads=cfg["workers"],
                              knn_k=KNN_K, knn_t=KNN_T)
     layers["seconds"] = _clock() - t0
     pool = layers["taps"]["pool"]

@@ -67,7 +67,7 @@ def _load(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.load(path, mmap_mode="r").copy())
 
 
-def evaluate_layers(backbones: dict[str, nn.Module], train_src, val_src, names: list[str], protocol: str,
+def evaluate_layers(backbones: dict[str, nn.Module], train_src, val_src, names: list[str], protocol: str, *,
                     image_size: int, device, num_classes: int, batch_size: int = 256, num_threads: int = 2,
                     knn_k: int = 20, knn_t: float = 0.07, linear_kw: dict | None = None) -> dict:
     """``protocol`` ("knn" or "linear") at every tap of ``names`` for each backbone of ``backbones``
