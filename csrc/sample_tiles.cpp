@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -34,12 +35,13 @@ int64_t check_sample_tiles_args(const at::Tensor& images, const std::optional<at
   const int64_t H = images.size(channels_last ? 1 : 2), W = images.size(channels_last ? 2 : 3);
   TORCH_CHECK(C >= 1, "sample_tiles: images have no channels");
   TORCH_CHECK(tile >= 1, "sample_tiles: tile must be >= 1, got ", tile);
-  TORCH_CHECK(H >= grid * tile && W >= grid * tile, "sample_tiles: images of ", H, "x", W,
+  // tile <= side / grid, not grid * tile <= side: a huge tile must not overflow into a pass.
+  TORCH_CHECK(tile <= H / grid && tile <= W / grid, "sample_tiles: images of ", H, "x", W,
               " px are too small for a ", grid, "x", grid, " grid of ", tile, " px tiles (need a side >= ",
-              grid * tile, ")");
+              grid, " x ", tile, ")");
   TORCH_CHECK(gray_p >= 0 && gray_p <= 1, "sample_tiles: gray_p must be in [0, 1], got ", gray_p);
   TORCH_CHECK(drop_p >= 0 && drop_p <= 1, "sample_tiles: drop_p must be in [0, 1], got ", drop_p);
-  TORCH_CHECK(gray_p == 0 || C == 3, "sample_tiles: grayscale needs 3 channels, got ", C);
+  TORCH_CHECK(gray_p == 0 || C == 3, "sample_tiles: grayscale (gray_p > 0) needs 3 channels, got ", C);
   TORCH_CHECK(eps > 0, "sample_tiles: eps must be > 0, got ", eps);
   int64_t num_labels = 8;
   if (mode == kJigsaw) {
@@ -50,8 +52,9 @@ int64_t check_sample_tiles_args(const at::Tensor& images, const std::optional<at
     TORCH_CHECK(p.scalar_type() == at::kLong, "sample_tiles: perms must be int64, got ", p.scalar_type());
     TORCH_CHECK(p.size(0) >= 1 && p.size(0) < (int64_t(1) << 31), "sample_tiles: need 1 <= K < 2^31 permutations, got ",
                 p.size(0));
-    TORCH_CHECK(p.device() == images.device(), "sample_tiles: perms on ", p.device(), ", images on ",
-                images.device());
+    // CPU perms with CUDA images: checked on the host, then copied (see sample_tiles_cuda).
+    TORCH_CHECK(p.device() == images.device() || (p.is_cpu() && images.is_cuda()), "sample_tiles: perms on ",
+                p.device(), ", images on ", images.device());
     num_labels = p.size(0);
   }
   if (draws.has_value()) {
@@ -60,10 +63,44 @@ int64_t check_sample_tiles_args(const at::Tensor& images, const std::optional<at
     TORCH_CHECK(d.dim() == 2 && d.size(0) == images.size(0) && d.size(1) == n_draws(mode, grid),
                 "sample_tiles: draws must be [B, ", n_draws(mode, grid), "] = [", images.size(0), ", ",
                 n_draws(mode, grid), "], got shape ", d.sizes());
-    TORCH_CHECK(d.device() == images.device(), "sample_tiles: draws on ", d.device(), ", images on ",
-                images.device());
+    TORCH_CHECK(d.device() == images.device() || (d.is_cpu() && images.is_cuda()), "sample_tiles: draws on ",
+                d.device(), ", images on ", images.device());
   }
   return num_labels;
+}
+
+// Host checks of the values the kernels index with (CPU tensors only: reading device memory here would
+// be a host sync). `perms` is a contiguous CPU [K, n_cells] int64 table.
+void check_perms_host(const at::Tensor& perms, int64_t n_cells) {
+  const int64_t* p = perms.data_ptr<int64_t>();
+  for (int64_t r = 0; r < perms.size(0); ++r)
+    TORCH_CHECK(perm_row_valid(p + r * n_cells, n_cells), "sample_tiles: perms row ", r,
+                " is not a permutation of 0..", n_cells - 1);
+}
+
+// `draws` is a contiguous CPU [B, n_draws] int64 tensor; names the first bad entry and its valid range.
+void check_draws_host(const at::Tensor& draws, int64_t mode, int64_t grid, int64_t num_labels, int64_t C,
+                      int64_t H, int64_t W, int64_t tile) {
+  const int64_t B = draws.size(0), D = n_draws(mode, grid);
+  const int64_t* all = draws.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* d = all + b * D;
+    const int64_t col = first_bad_draw(d, mode, grid, num_labels, C, H, W, tile);
+    if (col < 0) continue;
+    const auto where = [&](const std::string& what) {
+      return c10::str("sample_tiles: draws row ", b, " is out of range: column ", col, " (", what, ") = ", d[col]);
+    };
+    TORCH_CHECK(col != 0, where("label"), ", must be in [0, ", mode == kJigsaw ? num_labels : 8, ")");
+    TORCH_CHECK(col != 1, where("grayscale flag"), ", must be 0 or 1",
+                C == 3 ? std::string() : c10::str(" and 0 for ", C, "-channel images (grayscale needs 3 channels)"));
+    TORCH_CHECK(col != 2, where("kept channel"), ", must be in [-1, ", C, ")");
+    const int64_t slot = (col - kHeader) / 2;
+    int64_t range_y, range_x;
+    jitter_range(mode, grid, slot, d[0], H, W, tile, &range_y, &range_x);
+    const bool is_y = (col - kHeader) % 2 == 0;
+    TORCH_CHECK(false, where(c10::str(is_y ? "dy" : "dx", " of slot ", slot)), ", must be in [0, ",
+                is_y ? range_y : range_x, ")");
+  }
 }
 
 namespace {
@@ -127,7 +164,7 @@ void cut_tiles(const at::Tensor& images, const int64_t* perms, const int64_t* dr
             for (int64_t x = 0; x < tile; ++x) out_row[c * T + x] = load_scaled<acc_t>(row[c * sc + x * sx]);
         }
       }
-      if (d[1]) {  // grayscale: every channel becomes the luma (ITU-R 601)
+      if (d[1]) {  // grayscale: every channel becomes the luma (ITU-R 601); checked above: only with C == 3
         acc_t* r = buf.data();
         for (int64_t i = 0; i < T; ++i) {
           const acc_t g = acc_t(0.299) * r[i] + acc_t(0.587) * r[T + i] + acc_t(0.114) * r[2 * T + i];
@@ -166,21 +203,17 @@ std::tuple<at::Tensor, at::Tensor> sample_tiles_cpu(const at::Tensor& images, co
   const int64_t B = images.size(0), C = images.size(channels_last ? 3 : 1);
   const int64_t H = images.size(channels_last ? 1 : 2), W = images.size(channels_last ? 2 : 3);
   const int64_t D = n_draws(mode, grid), n_cells = grid * grid;
+  // Every value the kernel indexes with is checked here, before any write: the perms table (all rows)
+  // and the given draws (a private copy, so what is checked is what is used).
   at::Tensor perms;
   if (mode == kJigsaw) {
     perms = perms_in->contiguous();
-    const int64_t* p = perms.data_ptr<int64_t>();
-    for (int64_t r = 0; r < K; ++r)
-      TORCH_CHECK(perm_row_valid(p + r * n_cells, n_cells), "sample_tiles: perms row ", r,
-                  " is not a permutation of 0..", n_cells - 1);
+    check_perms_host(perms, n_cells);
   }
   at::Tensor draws;
   if (draws_in.has_value()) {
-    draws = draws_in->contiguous().clone();
-    const int64_t* d = draws.data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b)
-      TORCH_CHECK(draws_valid(d + b * D, mode, grid, K, C, H, W, tile), "sample_tiles: draws row ", b,
-                  " is out of range for this grid, tile and label count");
+    draws = draws_in->clone(at::MemoryFormat::Contiguous);
+    check_draws_host(draws, mode, grid, K, C, H, W, tile);
   } else {
     draws = at::empty({B, D}, images.options().dtype(at::kLong));
     int64_t* d = draws.data_ptr<int64_t>();

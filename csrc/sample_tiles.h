@@ -43,6 +43,15 @@ FASTSSL_HD inline int64_t slot_cell(int64_t mode, int64_t grid, int64_t slot, in
   return slot == 0 ? (grid * grid) / 2 : neighbour_cell(label);
 }
 
+// Jitter range of slot s of a sample with label `label`: 0 <= d < range (the cell side - tile + 1).
+FASTSSL_HD inline void jitter_range(int64_t mode, int64_t grid, int64_t slot, int64_t label, int64_t height,
+                                    int64_t width, int64_t tile, int64_t* range_y, int64_t* range_x) {
+  const int64_t cell = slot_cell(mode, grid, slot, label);
+  const int64_t gy = cell / grid, gx = cell % grid;
+  *range_y = cell_start(gy + 1, height, grid) - cell_start(gy, height, grid) - tile + 1;
+  *range_x = cell_start(gx + 1, width, grid) - cell_start(gx, width, grid) - tile + 1;
+}
+
 // Uniform integer in [0, n) from one 32-bit draw (multiply-shift; bias < n / 2^32).
 FASTSSL_HD inline int64_t uniform_int(uint32_t u, int64_t n) {
   return static_cast<int64_t>((static_cast<uint64_t>(u) * static_cast<uint64_t>(n)) >> 32);
@@ -64,31 +73,30 @@ FASTSSL_HD inline void philox_draws(uint64_t seed, int64_t b, int64_t mode, int6
   const int64_t keep = uniform_int(rng(), channels);
   out[2] = drop ? keep : -1;
   for (int64_t s = 0; s < n_slots(mode, grid); ++s) {
-    const int64_t cell = slot_cell(mode, grid, s, label);
-    const int64_t gy = cell / grid, gx = cell % grid;
-    const int64_t range_y = cell_start(gy + 1, height, grid) - cell_start(gy, height, grid) - tile + 1;
-    const int64_t range_x = cell_start(gx + 1, width, grid) - cell_start(gx, width, grid) - tile + 1;
+    int64_t range_y, range_x;
+    jitter_range(mode, grid, s, label, height, width, tile, &range_y, &range_x);
     out[kHeader + 2 * s] = uniform_int(rng(), range_y);
     out[kHeader + 2 * s + 1] = uniform_int(rng(), range_x);
   }
 }
 
-// Whether a draw row is in range (what the kernels index with).
-FASTSSL_HD inline bool draws_valid(const int64_t* d, int64_t mode, int64_t grid, int64_t num_perms,
-                                   int64_t channels, int64_t height, int64_t width, int64_t tile) {
+// The first column of a draw row that is out of range, or -1 if the row is valid: every index the
+// kernels derive from it (label -> perms row / neighbour cell, kept channel, jitter -> pixel) is then
+// in bounds. Grayscale reads channels 0, 1, 2 (luma), so a row may only ask for it with 3 channels.
+FASTSSL_HD inline int64_t first_bad_draw(const int64_t* d, int64_t mode, int64_t grid, int64_t num_perms,
+                                         int64_t channels, int64_t height, int64_t width, int64_t tile) {
   const int64_t label = d[0];
-  if (label < 0 || label >= (mode == kJigsaw ? num_perms : 8)) return false;
-  if (d[1] != 0 && d[1] != 1) return false;
-  if (d[2] < -1 || d[2] >= channels) return false;
+  if (label < 0 || label >= (mode == kJigsaw ? num_perms : 8)) return 0;
+  if (d[1] != 0 && !(d[1] == 1 && channels == 3)) return 1;
+  if (d[2] < -1 || d[2] >= channels) return 2;
   for (int64_t s = 0; s < n_slots(mode, grid); ++s) {
-    const int64_t cell = slot_cell(mode, grid, s, label);
-    const int64_t gy = cell / grid, gx = cell % grid;
-    const int64_t range_y = cell_start(gy + 1, height, grid) - cell_start(gy, height, grid) - tile + 1;
-    const int64_t range_x = cell_start(gx + 1, width, grid) - cell_start(gx, width, grid) - tile + 1;
+    int64_t range_y, range_x;
+    jitter_range(mode, grid, s, label, height, width, tile, &range_y, &range_x);
     const int64_t dy = d[kHeader + 2 * s], dx = d[kHeader + 2 * s + 1];
-    if (dy < 0 || dy >= range_y || dx < 0 || dx >= range_x) return false;
+    if (dy < 0 || dy >= range_y) return kHeader + 2 * s;
+    if (dx < 0 || dx >= range_x) return kHeader + 2 * s + 1;
   }
-  return true;
+  return -1;
 }
 
 // Whether row r of a [K, n] permutation table is a permutation of 0..n-1.

@@ -1,9 +1,16 @@
 // CUDA kernel of fastssl::sample_tiles (schema in ops.cpp, CPU kernel in sample_tiles.cpp). One block per
 // output tile (sample b, position p). Every block derives its sample's draws itself (Philox keyed by the
-// seed, subsequence b: the same numbers as the CPU kernel, sample_tiles.h) or reads them, checks them and
-// the permutation row it indexes with (device-side assert, as torch's own index kernels do), then
-// copies / grays / drops / normalizes the tile with block reductions for the per-channel statistics.
-// Block 0 of each sample writes the draws out.
+// seed, subsequence b: the same numbers as the CPU kernel, sample_tiles.h) or reads them, then copies /
+// grays / drops / normalizes the tile with block reductions for the per-channel statistics. Block 0 of
+// each sample writes the draws out.
+//
+// Where the values the kernel indexes with are checked (no host sync, no device assert, which would
+// kill the CUDA context):
+// - CPU draws / perms (allowed with CUDA images): on the host, before the launch, on a private pinned
+//   copy (so what is checked is what is copied to the device): a clear error.
+// - draws / perms already on the device: by the block itself before it reads a pixel (the same
+//   first_bad_draw / perm_row_valid as the host): a sample whose draws row, or the perms row it
+//   indexes, is out of range reads nothing out of bounds and gets NaN tiles.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,6 +20,8 @@
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <type_traits>
 
@@ -23,6 +32,9 @@ namespace fastssl {
 int64_t check_sample_tiles_args(const at::Tensor& images, const std::optional<at::Tensor>& perms,
                                 const std::optional<at::Tensor>& draws, int64_t mode, int64_t grid, int64_t tile,
                                 bool channels_last, double gray_p, double drop_p, double eps);
+void check_perms_host(const at::Tensor& perms, int64_t n_cells);
+void check_draws_host(const at::Tensor& draws, int64_t mode, int64_t grid, int64_t num_labels, int64_t C,
+                      int64_t H, int64_t W, int64_t tile);
 
 namespace {
 
@@ -66,30 +78,39 @@ __global__ void __launch_bounds__(kThreads) sample_tiles_kernel(
   __shared__ int64_t d[kMaxDraws];
   __shared__ int64_t perm_row[kMaxGrid * kMaxGrid];
   __shared__ acc_t smem[kThreads / 32];
+  __shared__ bool valid;
   const int64_t job = blockIdx.x, b = job / n_out, p = job % n_out;
   const int64_t D = n_draws(mode, grid), n_cells = grid * grid;
   if (threadIdx.x == 0) {
     if (draws_in != nullptr) {
       for (int64_t i = 0; i < D; ++i) d[i] = draws_in[b * D + i];
-      CUDA_KERNEL_ASSERT(draws_valid(d, mode, grid, num_labels, C, H, W, tile) && "sample_tiles: draws out of range");
     } else {
       philox_draws(seed, b, mode, grid, num_labels, C, H, W, tile, gray_p, drop_p, d);
     }
-    if (mode == kJigsaw) {
+    // Checked, not asserted: the label must be in range before it indexes perms, the perms row before
+    // its entries index the jitter slots, the rest before any pixel is read (see the file comment).
+    bool ok = first_bad_draw(d, mode, grid, num_labels, C, H, W, tile) < 0;
+    if (ok && mode == kJigsaw) {
       for (int64_t i = 0; i < n_cells; ++i) perm_row[i] = perms[d[0] * n_cells + i];
-      CUDA_KERNEL_ASSERT(perm_row_valid(perm_row, n_cells) && "sample_tiles: a perms row is not a permutation");
+      ok = perm_row_valid(perm_row, n_cells);
     }
+    valid = ok;
     if (p == 0)
       for (int64_t i = 0; i < D; ++i) draws_out[b * D + i] = d[i];
   }
   __syncthreads();
+  const int64_t T = tile * tile;
+  out_t* o = out + job * C * T;
+  if (!valid) {  // the whole block returns: no block_sum (__syncthreads) below is left half-entered
+    const out_t nan = static_cast<out_t>(__int_as_float(0x7fc00000));
+    for (int64_t i = threadIdx.x; i < C * T; i += blockDim.x) o[i] = nan;
+    return;
+  }
   int64_t y0, x0;
   tile_origin(d, perm_row, p, mode, grid, H, W, &y0, &x0);
   const in_t* img = images + b * sb + y0 * sy + x0 * sx;
-  const int64_t T = tile * tile;
-  const bool gray = d[1] != 0;
+  const bool gray = d[1] != 0;  // valid: only with C == 3, so channels 1 and 2 exist
   const int64_t keep = d[2];
-  out_t* o = out + job * C * T;
   // Value of channel c at pixel i of the tile after grayscale (luma, ITU-R 601).
   auto value = [&](int64_t c, int64_t i) -> acc_t {
     const int64_t y = i / tile, x = i % tile;
@@ -122,6 +143,17 @@ __global__ void __launch_bounds__(kThreads) sample_tiles_kernel(
   }
 }
 
+// A CPU tensor checked on the host and sent to `device` without a host sync: copied into a fresh pinned
+// buffer first (the caching host allocator keeps it until the copy has run), so the bytes checked are the
+// bytes copied even if the caller changes its tensor afterwards.
+template <typename Check>
+at::Tensor checked_on_host(const at::Tensor& cpu, const at::Device& device, const Check& check) {
+  at::Tensor pinned = at::empty(cpu.sizes(), cpu.options().pinned_memory(true));
+  pinned.copy_(cpu);
+  check(pinned);
+  return pinned.to(device, pinned.scalar_type(), /*non_blocking=*/true);
+}
+
 std::tuple<at::Tensor, at::Tensor> sample_tiles_cuda(const at::Tensor& images,
                                                      const std::optional<at::Tensor>& perms_in,
                                                      const std::optional<at::Tensor>& draws_in, int64_t mode,
@@ -129,13 +161,26 @@ std::tuple<at::Tensor, at::Tensor> sample_tiles_cuda(const at::Tensor& images,
                                                      bool normalize, double gray_p, double drop_p, double eps) {
   const int64_t K = check_sample_tiles_args(images, perms_in, draws_in, mode, grid, tile, channels_last, gray_p,
                                             drop_p, eps);
+  // CPU images with CUDA draws / perms dispatch here too.
+  TORCH_CHECK(images.is_cuda(), "sample_tiles: images on ", images.device(), " with draws or perms on CUDA");
   const c10::cuda::CUDAGuard guard(images.device());
   const int64_t B = images.size(0), C = images.size(channels_last ? 3 : 1);
   const int64_t H = images.size(channels_last ? 1 : 2), W = images.size(channels_last ? 2 : 3);
   const int64_t D = n_draws(mode, grid), n_out = mode == kJigsaw ? grid * grid : 2;
   TORCH_CHECK(D <= kMaxDraws, "sample_tiles: too many draws per sample");
-  at::Tensor perms = mode == kJigsaw ? perms_in->contiguous() : at::Tensor();
-  at::Tensor given = draws_in.has_value() ? draws_in->contiguous() : at::Tensor();
+  TORCH_CHECK(B * n_out <= std::numeric_limits<int32_t>::max(), "sample_tiles: ", B, " x ", n_out,
+              " tiles are more than one launch holds (2^31 - 1 blocks)");
+  at::Tensor perms, given;
+  if (mode == kJigsaw)
+    perms = perms_in->is_cpu() ? checked_on_host(*perms_in, images.device(),
+                                                 [&](const at::Tensor& t) { check_perms_host(t, grid * grid); })
+                               : perms_in->contiguous();
+  if (draws_in.has_value())
+    given = draws_in->is_cpu() ? checked_on_host(*draws_in, images.device(),
+                                                 [&](const at::Tensor& t) {
+                                                   check_draws_host(t, mode, grid, K, C, H, W, tile);
+                                                 })
+                               : draws_in->contiguous();
   auto draws = at::empty({B, D}, images.options().dtype(at::kLong));
   const auto out_type = images.scalar_type() == at::kByte ? at::kFloat : images.scalar_type();
   auto out = at::empty({B, n_out, C, tile, tile}, images.options().dtype(out_type));

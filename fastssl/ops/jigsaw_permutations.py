@@ -6,6 +6,14 @@ already chosen. The greedy loop runs in C++ (``torch.ops.fastssl.hamming_greedy`
 Determinism: the first permutation and every tie are decided by a priority order drawn from
 ``torch.Generator().manual_seed(seed)``, so the same (k, n, method, seed) gives the same set on any
 device and thread count. Results are cached on disk under ``$FASTSSL_CACHE/perms`` (atomic write).
+
+The op ``torch.ops.fastssl.hamming_greedy(candidates uint8 [M, n], priority int64 [M], k, use_min) -> int64
+[k]`` checks its inputs without a host sync: on the CPU, on the host (a ``RuntimeError`` if ``priority`` is
+not a permutation of ``0..M-1`` or a candidate value is >= 16); on CUDA, a CPU ``priority`` (what
+:func:`jigsaw_permutations` passes) is checked on the host the same way before any launch, while a
+``priority`` already on the device and the candidates are checked by kernels that run first: bad input
+there gives a result of all -1 (no assert, the CUDA context survives), which :func:`jigsaw_permutations`
+turns into a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -103,10 +111,14 @@ def jigsaw_permutations(
         perms = jigsaw_permutations_ref(k, n_tiles, method, seed)
     else:
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        cand = all_permutations(n_tiles).to(dev)
-        prio = _priority(cand.shape[0], seed).to(dev)
-        idx = hamming_greedy_op()(cand, prio, k, method == "maxmin")
-        perms = cand[idx].long().cpu()
+        cand = all_permutations(n_tiles)
+        # priority stays on the CPU: the op checks it on the host (on CUDA too) and copies it itself.
+        prio = _priority(cand.shape[0], seed)
+        idx = hamming_greedy_op()(cand.to(dev), prio, k, method == "maxmin").cpu()
+        if bool((idx < 0).any()):  # the CUDA kernels' answer to input they refused (module doc)
+            raise RuntimeError("hamming_greedy: the device kernels refused their input (a priority that is not a "
+                               "permutation of 0..M-1, or a candidate value >= 16)")
+        perms = cand[idx].long()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")

@@ -30,11 +30,30 @@ Draw row of a sample: ``[label, gray 0/1, kept channel (-1 = no dropping), dy_0,
 with one (dy, dx) jitter per slot; slots are the grid cells in row-major order (jigsaw) or [centre,
 neighbour] (context); ``0 <= dy <= cell height - t``.
 
-Errors (``RuntimeError`` from the op, raised before any work): wrong rank or dtype, images too small for
-the grid and tile, a permutation table that is not ``[K, grid²]`` int64 or has a row that is not a
-permutation (checked on the CPU; on CUDA the kernel asserts on every row it indexes with), draws of the
-wrong shape or out of range, ``grid`` outside 2..4, context with ``grid != 3``. Not differentiable (a data
-transform).
+Grayscale is defined for RGB only (the luma weights name R, G and B; there is no gray path for 1, 2 or 4
+channels): ``gray_p > 0`` with ``C != 3`` is an error, and so is a given draws row whose gray flag is 1
+for ``C != 3`` images. :func:`sample_tiles_ref` raises the same errors.
+
+Errors (``RuntimeError`` from the op, raised before anything is written; :func:`sample_tiles_ref` raises
+the same ones for the perms table and the draws): wrong rank or dtype, images too small for the grid and
+tile, a permutation table that is not ``[K, grid²]`` int64 or has a row that is not a permutation, draws
+of the wrong shape or with an entry out of range (the message names the row, the column and the valid
+range), ``grid`` outside 2..4, context with ``grid != 3``, ``gray_p`` / ``drop_p`` outside [0, 1],
+``eps <= 0``. Not differentiable (a data transform).
+
+Where the values the kernels index with (labels, gray flag, kept channel, jitter, permutation entries)
+are checked:
+
+- CPU images: every perms row and every draws row, on the host, before any write (draws on a private
+  copy, so what is checked is what is used).
+- CUDA images: ``perms`` and ``draws`` may be CPU tensors; they are then checked on the host the same way
+  (on a private pinned copy that is sent to the device without a host sync) and raise the same errors.
+  Device-resident ``perms`` / ``draws`` are not read back (that would be a host sync per call and would
+  break CUDA-graph capture): each CUDA block checks the draws row and the perms row it uses before it
+  reads a pixel, and a sample with an out-of-range row gets NaN tiles: nothing is read or written out of
+  bounds and there is no device assert (which would kill the CUDA context). Draws the op makes itself
+  (Philox) are always in range, so on the training path only the perms table is checked this way; pass
+  CPU ``draws`` / ``perms`` to get the clear error on CUDA too.
 """
 
 from __future__ import annotations
@@ -84,17 +103,80 @@ def _slot_cell(task: str, grid: int, slot: int, label: int) -> int:
     return grid * grid // 2 if slot == 0 else neighbour_cell(label)
 
 
+def _jitter_range(task: str, grid: int, slot: int, label: int, height: int, width: int, tile: int) -> tuple[int, int]:
+    """Jitter of a slot: 0 <= dy < range_y, 0 <= dx < range_x (the cell's sides - tile + 1)."""
+    gy, gx = divmod(_slot_cell(task, grid, slot, label), grid)
+    ys, xs = cell_bounds(height, grid), cell_bounds(width, grid)
+    return ys[gy + 1] - ys[gy] - tile + 1, xs[gx + 1] - xs[gx] - tile + 1
+
+
+def check_perms(perms: torch.Tensor, grid: int) -> None:
+    """RuntimeError (the op's message) unless ``perms`` is an int64 ``[K >= 1, grid²]`` table of permutations."""
+    n = grid * grid
+    if perms.dim() != 2 or perms.shape[1] != n:
+        raise RuntimeError(f"sample_tiles: perms must be [K, {n}] for a {grid}x{grid} grid, got shape "
+                           f"{list(perms.shape)}")
+    if perms.shape[0] < 1:
+        raise RuntimeError(f"sample_tiles: need 1 <= K < 2^31 permutations, got {perms.shape[0]}")
+    ok = torch.equal(perms.sort(1).values.long().cpu(), torch.arange(n).expand(perms.shape[0], n))
+    if not ok:
+        for r, row in enumerate(perms.tolist()):
+            if sorted(row) != list(range(n)):
+                raise RuntimeError(f"sample_tiles: perms row {r} is not a permutation of 0..{n - 1}")
+
+
+def check_draws(draws: torch.Tensor, *, task: str, grid: int, tile: int, num_perms: int, channels: int,
+                height: int, width: int) -> None:
+    """RuntimeError (the op's message: row, column, valid range) unless every draws row is in range for these
+    images: what the kernels index with (csrc/sample_tiles.h ``first_bad_draw``)."""
+    D = n_draws(task, grid)
+    if draws.dtype != torch.int64:
+        raise RuntimeError(f"sample_tiles: draws must be int64, got {draws.dtype}")
+    if draws.dim() != 2 or draws.shape[1] != D:
+        raise RuntimeError(f"sample_tiles: draws must be [B, {D}], got shape {list(draws.shape)}")
+    K = num_perms if task == "jigsaw" else 8
+    for b, d in enumerate(draws.tolist()):
+        bad, rule = None, ""
+        if not 0 <= d[0] < K:
+            bad, rule = (0, "label"), f"must be in [0, {K})"
+        elif d[1] not in (0, 1) or (d[1] == 1 and channels != 3):
+            bad, rule = (1, "grayscale flag"), "must be 0 or 1" + (
+                "" if channels == 3 else f" and 0 for {channels}-channel images (grayscale needs 3 channels)")
+        elif not -1 <= d[2] < channels:
+            bad, rule = (2, "kept channel"), f"must be in [-1, {channels})"
+        else:
+            for s in range(n_slots(task, grid)):
+                ry, rx = _jitter_range(task, grid, s, d[0], height, width, tile)
+                col = HEADER + 2 * s
+                if not 0 <= d[col] < ry:
+                    bad, rule = (col, f"dy of slot {s}"), f"must be in [0, {ry})"
+                elif not 0 <= d[col + 1] < rx:
+                    bad, rule = (col + 1, f"dx of slot {s}"), f"must be in [0, {rx})"
+                if bad:
+                    break
+        if bad:
+            col, what = bad
+            raise RuntimeError(f"sample_tiles: draws row {b} is out of range: column {col} ({what}) = {d[col]}, "
+                               f"{rule}")
+
+
 def sample_tiles_ref(images: torch.Tensor, draws: torch.Tensor, *, task: str = "jigsaw", tile: int,
                      perms: torch.Tensor | None = None, grid: int = 3, normalize: bool = False,
                      eps: float = 1e-5, channels_last: bool = False) -> torch.Tensor:
     """Plain PyTorch spec of :func:`sample_tiles` for given ``draws``: tiles ``(B, n, C, t, t)``.
 
-    Statistics in float64 for float64 input, float32 otherwise (as the kernels)."""
+    Statistics in float64 for float64 input, float32 otherwise (as the kernels). Raises the op's
+    ``RuntimeError`` for a bad perms table or an out-of-range draws row (:func:`check_perms`,
+    :func:`check_draws`; grayscale only for 3 channels)."""
     x = images.permute(0, 3, 1, 2) if channels_last else images
     out_dtype = torch.float32 if x.dtype == torch.uint8 else x.dtype
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(acc) / 255 if images.dtype == torch.uint8 else x.to(acc)
     B, C, H, W = x.shape
+    if task == "jigsaw":
+        check_perms(perms, grid)
+    check_draws(draws, task=task, grid=grid, tile=tile, num_perms=perms.shape[0] if task == "jigsaw" else 8,
+                channels=C, height=H, width=W)
     ys, xs = cell_bounds(H, grid), cell_bounds(W, grid)
     rows = []
     for b in range(B):
@@ -108,7 +190,7 @@ def sample_tiles_ref(images: torch.Tensor, draws: torch.Tensor, *, task: str = "
             x0 = xs[cell % grid] + d[HEADER + 2 * slot + 1]
             cut.append(x[b, :, y0:y0 + tile, x0:x0 + tile])
         t = torch.stack(cut)  # (n, C, t, t)
-        if d[1]:
+        if d[1]:  # checked above: only with C == 3
             g = LUMA[0] * t[:, 0] + LUMA[1] * t[:, 1] + LUMA[2] * t[:, 2]
             t = g[:, None].expand_as(t)
         if normalize:
@@ -157,13 +239,20 @@ def sample_tiles(images: torch.Tensor, task: str = "jigsaw", *, tile: int, perms
         images: uint8 or float ``(B, C, H, W)`` (``(B, H, W, C)`` with ``channels_last``), CPU or CUDA.
         task: ``"jigsaw"`` or ``"context"``.
         tile: tile side t in pixels (<= min(H, W) // grid).
-        perms: int64 ``(K, grid²)`` permutation table (jigsaw), on the images' device.
+        perms: int64 ``(K, grid²)`` permutation table (jigsaw), on the images' device or on the CPU (then
+            checked on the host even for CUDA images; module doc, "Where ... are checked").
         grid: cells per side (2..4; context needs 3).
         normalize, gray_p, drop_p, eps: the guards (module doc); ``var + eps`` under the square root.
         generator: seeds the Philox stream (one 64-bit draw per call).
-        draws: int64 ``(B, 3 + 2 x slots)`` to cut exactly these tiles instead of drawing.
+        draws: int64 ``(B, 3 + 2 x slots)`` to cut exactly these tiles instead of drawing; on the images'
+            device or on the CPU (as perms).
 
-    Returns: tiles ``(B, n, C, t, t)`` (n = grid² or 2), labels int64 ``(B,)``, draws int64 ``(B, D)``.
+    Returns: tiles ``(B, n, C, t, t)`` (n = grid² or 2), labels int64 ``(B,)``, draws int64 ``(B, D)``, all
+    on the images' device.
+
+    Raises: ``ValueError`` for an unknown task or jigsaw without perms; ``RuntimeError`` for the rest (module
+    doc, "Errors"; gray for ``C != 3`` included). On CUDA, out-of-range device-resident draws / perms rows
+    give NaN tiles instead (no host sync).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
@@ -174,6 +263,8 @@ def sample_tiles(images: torch.Tensor, task: str = "jigsaw", *, tile: int, perms
     if forced_backend() == "ref":
         if draws is None:
             C = images.shape[3 if channels_last else 1]
+            if gray_p > 0 and C != 3:  # the op's check (random_draws would set gray flags check_draws refuses)
+                raise RuntimeError(f"sample_tiles: grayscale (gray_p > 0) needs 3 channels, got {C}")
             H, W = (images.shape[1:3] if channels_last else images.shape[2:4])
             draws = random_draws(images.shape[0], task=task, grid=grid, tile=tile, height=H, width=W, channels=C,
                                  num_perms=perms.shape[0] if perms is not None else 8, gray_p=gray_p,

@@ -1,6 +1,7 @@
 """fastssl.ops.jigsaw_permutations: the C++/CUDA greedy search against its PyTorch spec."""
 
 import math
+import re
 import time
 
 import pytest
@@ -104,6 +105,41 @@ def test_op_registration_opcheck():
     torch.library.opcheck(hamming_greedy_op().default, _op_args())
 
 
+def _bad_priorities(prio):
+    """Priorities that are not a permutation of 0..M-1: the kernels index row_of with them."""
+    M = prio.numel()
+    dup = prio.clone()
+    dup[1] = dup[0]
+    high, low = prio.clone(), prio.clone()
+    high[3], low[3] = M, -1
+    return {"zeros": torch.zeros_like(prio), "entry M": high, "entry -1": low, "shifted": prio + 1,
+            "duplicate": dup, "2^40": prio + 2**40}
+
+
+def test_op_refuses_every_non_permutation_priority_on_the_cpu():
+    cand, prio, k, use_min = _op_args()
+    op = hamming_greedy_op()
+    for bad in _bad_priorities(prio).values():
+        with pytest.raises(RuntimeError, match=re.escape("priority must be a permutation of 0..M-1 (entry ")):
+            op(cand, bad, k, use_min)
+    with pytest.raises(RuntimeError, match="must be < 16, got 16"):
+        op(cand.clone().index_fill_(0, torch.tensor([7]), 16), prio, k, use_min)
+
+
+def test_op_reads_no_tensor_values_back_through_aten():
+    """No item() / max() in the op (they were a host sync per call on CUDA): the CPU kernel checks its
+    inputs from host memory, the CUDA kernels on the device (module doc)."""
+    cand, prio, k, use_min = _op_args()
+    op = hamming_greedy_op()
+    want = op(cand, prio, k, use_min)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = op(cand, prio, k, use_min)
+    names = {e.name for e in prof.events()}
+    assert "fastssl::hamming_greedy" in names, names
+    assert not names & {"aten::item", "aten::_local_scalar_dense", "aten::max"}, names
+    assert torch.equal(got, want)
+
+
 def test_op_rejects_bad_priority():
     cand, prio, k, use_min = _op_args()
     hamming_greedy_op()
@@ -122,3 +158,22 @@ def test_cuda_kernel_matches_cpu(method):
         cpu = jigsaw_permutations(k, n, method, seed=4, cache=False)
         gpu = jigsaw_permutations(k, n, method, seed=4, device="cuda", cache=False)
         assert torch.equal(cpu, gpu)
+
+
+@pytest.mark.cuda
+def test_cuda_checks_priority_on_the_host_or_the_device_without_killing_the_context():
+    cand, prio, k, use_min = _op_args(device="cuda")
+    op = hamming_greedy_op()
+    want = op(cand.cpu(), prio.cpu(), k, use_min)
+    assert torch.equal(op(cand, prio, k, use_min).cpu(), want)  # device priority
+    assert torch.equal(op(cand, prio.cpu(), k, use_min).cpu(), want)  # CPU priority, copied by the op
+    for name, bad in _bad_priorities(prio.cpu()).items():
+        with pytest.raises(RuntimeError, match=re.escape("priority must be a permutation of 0..M-1 (entry ")):
+            op(cand, bad, k, use_min)  # CPU priority: checked on the host before any launch
+        # Device priority: refused by the check kernel, no assert: a result of all -1.
+        assert op(cand, bad.cuda(), k, use_min).cpu().tolist() == [-1] * k, name
+    assert op(cand + 16, prio, k, use_min).cpu().tolist() == [-1] * k  # candidates checked on the device
+    with pytest.raises(RuntimeError, match="candidates on cpu"):
+        op(cand.cpu(), prio, k, use_min)
+    torch.cuda.synchronize()
+    assert torch.equal(op(cand, prio, k, use_min).cpu(), want)  # the context is alive

@@ -1,5 +1,7 @@
 """fastssl.ops.sample_tiles: the C++/CUDA tile sampler against its PyTorch spec, its draws, its errors."""
 
+import re
+
 import pytest
 import torch
 
@@ -28,8 +30,9 @@ def _bound(out, ref, dtype):
     return tol["atol"] + tol["rtol"] * scale
 
 
-# Odd sizes: non-square, sides not divisible by the grid, the smallest legal side, 1 and 4 channels.
-SHAPES = [(3, 3, 64, 64, 16), (5, 3, 67, 61, 17), (1, 3, 9, 9, 3), (2, 1, 31, 40, 7), (4, 4, 25, 22, 5)]
+# Odd sizes: non-square, sides not divisible by the grid, the smallest legal side, 1, 2 and 4 channels.
+SHAPES = [(3, 3, 64, 64, 16), (5, 3, 67, 61, 17), (1, 3, 9, 9, 3), (2, 1, 31, 40, 7), (4, 4, 25, 22, 5),
+          (3, 2, 29, 33, 8)]
 
 
 @pytest.mark.parametrize("task", ["jigsaw", "context"])
@@ -220,7 +223,9 @@ def test_empty_batch():
         (dict(perms=PERMS[:0]), "need 1 <= K"),
         (dict(grid=5), "grid must be in [2, 4]"),
         (dict(gray_p=1.5), "gray_p must be in [0, 1]"),
-        (dict(images=torch.zeros(2, 1, 64, 64), gray_p=0.5), "grayscale needs 3 channels"),
+        (dict(images=torch.zeros(2, 1, 64, 64), gray_p=0.5), "grayscale (gray_p > 0) needs 3 channels, got 1"),
+        (dict(tile=2**62, grid=4, perms=torch.stack([torch.randperm(16) for _ in range(3)])), "too small"),
+        (dict(tile=2**61), "too small"),
         (dict(draws=torch.zeros(2, 20, dtype=torch.long)), "draws must be [B, 21]"),
         (dict(draws=torch.tensor([[100] + [0] * 20, [0] * 21])), "draws row 0 is out of range"),
         (dict(draws=torch.tensor([[0] * 21, [0, 0, -1] + [6] + [0] * 17])), "draws row 1 is out of range"),
@@ -230,8 +235,106 @@ def test_empty_batch():
 def test_bad_input_is_a_clear_error(change, message):
     args = dict(images=torch.zeros(2, 3, 64, 64), task="jigsaw", tile=16, perms=PERMS, grid=3)
     args.update(change)
-    with pytest.raises(RuntimeError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(RuntimeError, match=re.escape(message)):
         sample_tiles(**args)
+
+
+def _bad_draws(task, C, H=31, W=34, tile=9, B=3, seed=0):
+    """(name, draws) pairs, each with one out-of-range entry in row 1 (every column kind the kernels index
+    with: label, gray flag, kept channel, first and last slot's dy / dx, both ends of each range)."""
+    d = random_draws(B, task=task, grid=3, tile=tile, height=H, width=W, channels=C, num_perms=100, drop_p=0.5,
+                     generator=torch.Generator().manual_seed(seed))
+    K = 100 if task == "jigsaw" else 8
+    last = n_draws(task) - 2  # the last slot's dy column
+    cases = [("label=K", 0, K), ("label=-1", 0, -1), ("gray=2", 1, 2), ("gray=-1", 1, -1), ("keep=C", 2, C),
+             ("keep=-2", 2, -2), ("dy=-1", 3, -1), ("dx=-1", 4, -1), ("last dy=-1", last, -1),
+             ("dy=2^40", 3, 2**40)]
+    # The first value past each jitter range (cells of 10/10/11 and 11/11/12 px, tile 9).
+    for col in (3, 4, last, last + 1):
+        slot = (col - 3) // 2
+        cell = slot if task == "jigsaw" else (4 if slot == 0 else neighbour_cell(int(d[1, 0])))
+        gy, gx = divmod(cell, 3)
+        side = cell_bounds(H, 3) if col % 2 == 1 else cell_bounds(W, 3)
+        g = gy if col % 2 == 1 else gx
+        cases.append((f"col {col} = range", col, side[g + 1] - side[g] - tile + 1))
+    if C != 3:
+        cases.append(("gray=1 with C != 3", 1, 1))
+    out = []
+    for name, col, value in cases:
+        bad = d.clone()
+        bad[1, col] = value
+        out.append((name, bad))
+    return d, out
+
+
+@pytest.mark.parametrize("task", ["jigsaw", "context"])
+@pytest.mark.parametrize("C", [1, 2, 3, 4])
+def test_out_of_range_draws_are_refused_by_op_and_reference_alike(task, C):
+    """Every out-of-range draws entry (gray for C != 3 included: it used to read channels 1 and 2 of a 1- or
+    2-channel tile and write past the CPU kernel's buffer) is a clear error naming row, column and range,
+    the same from the op and from sample_tiles_ref, raised before anything is written."""
+    x = _images(3, C, 31, 34, torch.float32)
+    good, cases = _bad_draws(task, C)
+    for name, bad in cases:
+        with pytest.raises(RuntimeError, match=r"draws row 1 is out of range: column \d+ \(") as op_err:
+            sample_tiles(x, draws=bad, **_kw(task, 9))
+        with pytest.raises(RuntimeError) as ref_err:
+            sample_tiles_ref(x, bad, **_kw(task, 9))
+        assert str(ref_err.value) in str(op_err.value), (name, str(op_err.value), str(ref_err.value))
+    # The rows that are in range still cut the reference's tiles.
+    out = sample_tiles(x, draws=good, normalize=True, **_kw(task, 9)).tiles
+    ref = sample_tiles_ref(x, good, normalize=True, **_kw(task, 9))
+    assert (out - ref).abs().max() <= _bound(out, ref, torch.float32)
+
+
+@pytest.mark.parametrize("C", [1, 2, 4])
+def test_gray_draws_need_three_channels(C, monkeypatch):
+    """The decision (module doc): grayscale is RGB only; a gray flag for C != 3 names the rule."""
+    x = _images(2, C, 30, 30, torch.uint8)
+    for backend in ("native", "ref"):
+        monkeypatch.setenv("FASTSSL_BACKEND", backend)
+        with pytest.raises(RuntimeError, match=re.escape(f"grayscale (gray_p > 0) needs 3 channels, got {C}")):
+            sample_tiles(x, "context", tile=8, gray_p=0.5)
+    monkeypatch.delenv("FASTSSL_BACKEND")
+    d = random_draws(2, task="context", grid=3, tile=8, height=30, width=30, channels=C)
+    d[:, 1] = 1
+    want = f"draws row 0 is out of range: column 1 (grayscale flag) = 1, must be 0 or 1 and 0 for {C}-channel " \
+           "images (grayscale needs 3 channels)"
+    for fn in (lambda: sample_tiles(x, "context", tile=8, draws=d),
+               lambda: sample_tiles_ref(x, d, task="context", tile=8)):
+        with pytest.raises(RuntimeError, match=re.escape(want)):
+            fn()
+    d[:, 1] = 0  # the same rows without grayscale: the reference's values
+    out = sample_tiles(x, "context", tile=8, draws=d).tiles
+    ref = sample_tiles_ref(x, d, task="context", tile=8)
+    assert out.abs().max() > 0 and (out - ref).abs().max() <= _bound(out, ref, torch.float32)
+
+
+def test_reference_refuses_bad_perms_like_the_op():
+    x = _images(2, 3, 64, 64, torch.float32)
+    d = random_draws(2, task="jigsaw", grid=3, tile=16, height=64, width=64, channels=3, num_perms=4)
+    for perms, msg in [(torch.cat([PERMS[:3], PERMS[:1, [0] * 9]]), "perms row 3 is not a permutation of 0..8"),
+                       (PERMS[:4].clone().index_fill_(1, torch.tensor([2]), -1), "perms row 0 is not"),
+                       (PERMS[:4, :8], "perms must be [K, 9]")]:
+        with pytest.raises(RuntimeError, match=re.escape(msg)):
+            sample_tiles(x, draws=d, **_kw("jigsaw", 16, perms=perms))
+        with pytest.raises(RuntimeError, match=re.escape(msg)):
+            sample_tiles_ref(x, d, **_kw("jigsaw", 16, perms=perms))
+
+
+def test_cpu_op_reads_no_tensor_values_back_through_aten():
+    """The shared argument checks read no tensor values through aten (item / _local_scalar_dense: a host
+    sync on CUDA); the values are checked on the host from CPU memory (see the module doc)."""
+    x = _images(2, 3, 31, 34, torch.float32)
+    d = random_draws(2, task="jigsaw", grid=3, tile=9, height=31, width=34, channels=3, num_perms=100)
+    op = sample_tiles_op()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        op(x, PERMS, d, 0, 3, 9, 0, False, True, 0.0, 0.5, 1e-5)  # given draws
+        op(x, PERMS, None, 0, 3, 9, 7, False, True, 0.5, 0.5, 1e-5)  # Philox draws
+        op(x, None, None, 1, 3, 9, 7, False, True, 0.5, 0.5, 1e-5)  # context
+    names = {e.name for e in prof.events()}
+    assert "fastssl::sample_tiles" in names, names
+    assert not names & {"aten::item", "aten::_local_scalar_dense"}, names
 
 
 def test_context_errors_and_missing_perms():
@@ -308,5 +411,66 @@ def test_cuda_given_draws_layouts_and_opcheck():
     got = sample_tiles(xc, draws=d.cuda(), normalize=True, **_kw("jigsaw", 16, device="cuda"))
     assert (got.tiles.cpu() - want).abs().max() <= _bound(want, want, torch.float32)
     torch.library.opcheck(sample_tiles_op(), (xc, PERMS.cuda(), d.cuda(), 0, 3, 16, 0, False, True, 0.5, 0.5, 1e-5))
-    with pytest.raises(RuntimeError, match="perms on"):
-        sample_tiles(xc, draws=d.cuda(), **_kw("jigsaw", 16))  # perms on the CPU
+    # CPU draws and perms with CUDA images: checked on the host, copied; the same tiles, on the device.
+    host = sample_tiles(xc, draws=d, normalize=True, **_kw("jigsaw", 16))
+    assert host.tiles.device == xc.device and host.draws.device == xc.device
+    assert torch.equal(host.tiles, got.tiles) and torch.equal(host.draws.cpu(), d)
+    torch.library.opcheck(sample_tiles_op(), (xc, PERMS, d, 0, 3, 16, 0, False, True, 0.5, 0.5, 1e-5))
+    with pytest.raises(RuntimeError, match="perms on cuda"):
+        sample_tiles(x, draws=d, **_kw("jigsaw", 16, device="cuda"))  # CPU images, CUDA perms
+    with pytest.raises(RuntimeError, match="draws on cuda"):
+        sample_tiles(x, draws=d.cuda(), **_kw("jigsaw", 16))  # CPU images, CUDA draws
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("C", [1, 2, 4])
+def test_cuda_checks_cpu_draws_and_perms_on_the_host(C):
+    x = _images(3, C, 31, 34, torch.float32).cuda()
+    good, cases = _bad_draws("jigsaw", C)
+    for _, bad in cases:
+        with pytest.raises(RuntimeError, match=r"draws row 1 is out of range: column \d+ \("):
+            sample_tiles(x, draws=bad, **_kw("jigsaw", 9, device="cuda"))
+    perms = PERMS.clone()
+    perms[5, 0] = perms[5, 1]
+    with pytest.raises(RuntimeError, match="perms row 5 is not a permutation"):
+        sample_tiles(x, draws=good, **_kw("jigsaw", 9, perms=perms))
+    with pytest.raises(RuntimeError, match=re.escape(f"grayscale (gray_p > 0) needs 3 channels, got {C}")):
+        sample_tiles(x, gray_p=0.5, **_kw("jigsaw", 9, device="cuda"))
+    out = sample_tiles(x, draws=good, normalize=True, **_kw("jigsaw", 9))
+    ref = sample_tiles_ref(x.cpu(), good, normalize=True, **_kw("jigsaw", 9))
+    assert (out.tiles.cpu() - ref).abs().max() <= _bound(ref, ref, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("task", ["jigsaw", "context"])
+def test_cuda_device_draws_out_of_range_give_nan_tiles_and_the_context_survives(task):
+    """Device draws are checked by the kernel, not asserted: the bad sample's tiles are NaN, the others are
+    the reference's, nothing faults and the CUDA context stays usable (module doc)."""
+    x = _images(3, 2, 31, 34, torch.float32)
+    good, cases = _bad_draws(task, 2)
+    ref = sample_tiles_ref(x, good, normalize=True, **_kw(task, 9))
+    bound = _bound(ref, ref, torch.float32)
+    for name, bad in cases:
+        out = sample_tiles(x.cuda(), draws=bad.cuda(), normalize=True, **_kw(task, 9, device="cuda"))
+        tiles = out.tiles.cpu()  # a sync: an assert or a fault in the kernel would surface here
+        assert tiles[1].isnan().all(), name
+        assert (tiles[[0, 2]] - ref[[0, 2]]).abs().max() <= bound, name
+        assert torch.equal(out.draws.cpu(), bad)
+    if task == "jigsaw":  # device perms: a sample indexing a row that is not a permutation gets NaN tiles
+        good[:, 0] = torch.tensor([0, 1, 2])
+        ref = sample_tiles_ref(x, good, normalize=True, **_kw(task, 9))
+        for row in ([9] + list(range(1, 9)), [0, 0] + list(range(2, 9)), [-1] + list(range(1, 9))):
+            perms = PERMS.clone()
+            perms[2] = torch.tensor(row)
+            out = sample_tiles(x.cuda(), draws=good.cuda(), normalize=True, **_kw(task, 9, perms=perms, device="cuda"))
+            tiles = out.tiles.cpu()
+            assert tiles[2].isnan().all() and (tiles[:2] - ref[:2]).abs().max() <= bound
+            # Philox draws: the samples whose label is 2 (and only those) get NaN tiles.
+            xs = _images(64, 2, 31, 34, torch.float32).cuda()
+            out = sample_tiles(xs, generator=torch.Generator().manual_seed(0), **_kw(task, 9, perms=perms[:4],
+                                                                                      device="cuda"))
+            hit = out.labels.cpu() == 2
+            tiles = out.tiles.cpu()
+            assert hit.any() and tiles[hit].isnan().all() and not tiles[~hit].isnan().any()
+    torch.cuda.synchronize()
+    assert torch.ones(4, device="cuda").sum().item() == 4  # the context is alive
