@@ -32,15 +32,13 @@ TARGETS = {
 # Smoke-test sizes (--tiny): same family of backbone, tiny.
 TINY = {"resnet": dict(arch="resnet18", width=8, image_size=32, batch_size=4),
         "vit": dict(arch="vit_tiny", image_size=32, batch_size=4)}
-# Views per recipe (fastssl/data/recipes.py; read from there when DALI is installed).
-RECIPE_VIEWS = {"simclr": 2}
 
 
 def n_views(recipe: str) -> int:
-    try:
-        from fastssl.data.recipes import RECIPES  # imports DALI
-    except ImportError:
-        return RECIPE_VIEWS.get(recipe, 1)
+    """Views per image of ``recipe`` (fastssl/data/recipes.py, which imports DALI only to build a graph:
+    no fallback here, so a DALI import on this path fails the GPU check instead of guessing)."""
+    from fastssl.data.recipes import RECIPES
+
     return RECIPES[recipe].n_views
 
 

@@ -8,6 +8,7 @@ CUDA machine.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -69,7 +70,8 @@ print("OWED: {op} on a real card")
 @pytest.mark.slow
 def test_gpu_check_smoke_run_wires_every_step_and_still_fails(tmp_path):
     """GPU_CHECK_SMOKE=1 runs the steps after the GPU probe on the CPU: tests + reports, ceilings, benches
-    (with and without --out), the table; skipped CUDA tests and the missing GPU make it fail."""
+    (with and without --out), the table; skipped CUDA tests and the missing GPU make it fail. Without
+    nvidia.dali, as on the GPU machine: the DALI tests and the data bench are OWED, nothing else changes."""
     for name, out_arg, out_expr in (("gpu_fake_out", 'ap.add_argument("--out")', "args.out"),
                                     ("gpu_fake_env", "", "None")):
         (tmp_path / f"{name}.py").write_text(_FAKE_BENCH.format(benches=str(BENCHES), out_arg=out_arg,
@@ -78,10 +80,14 @@ def test_gpu_check_smoke_run_wires_every_step_and_still_fails(tmp_path):
 
     p = _run_check(tmp_path, "res", "abc1234", CUDA_VISIBLE_DEVICES="", GPU_CHECK_SMOKE="1",
                    FASTSSL_CACHE=str(cache_dir()),  # the extension this session already built
+                   PYTHONPATH=_no_dali_pythonpath(tmp_path),
                    GPU_CHECK_TESTS="tests/ops/test_jigsaw_permutations.py",
-                   GPU_CHECK_BENCHES=f"{tmp_path}/gpu_fake_*.py {BENCHES}/gpu_train.py")
+                   GPU_CHECK_BENCHES=f"{tmp_path}/gpu_fake_*.py {BENCHES}/gpu_train.py {BENCHES}/gpu_data.py")
     out = p.stdout + p.stderr
     assert p.returncode == 1, out
+    assert re.search(r"^DALI +not available \(ModuleNotFoundError", out, re.M), out  # python -m fastssl.info
+    assert re.search(r"^OWED: CUDA tests under tests/data and tests/imagenet \(nvidia.dali is not", out, re.M), out
+    assert re.search(r"^OWED: .*benches/gpu_data.py: the GPU data pipeline rows", out, re.M), out[-3000:]
     lines = out.rstrip().splitlines()
     assert lines[-1].startswith("GPU CHECK FAILED ("), out[-3000:]
     assert "SMOKE RUN (GPU_CHECK_SMOKE=1): no CUDA device" in out
@@ -252,8 +258,72 @@ def test_a_real_pytest_report_with_a_skip_is_a_failure(tmp_path):
 
 
 # --- without DALI (the GPU machine has none) ---------------------------------------------------------
+# The GPU check's machine has torch, triton and pytest but no nvidia.dali and no package index. So the
+# check's whole path (its imports, every GPU bench, every CUDA test) must run without DALI: it is imported
+# only where a DALI pipeline is built or run. The tests below run that path on the CPU in such an
+# environment: every Python process started there (benches, pytest, their children) gets a sitecustomize
+# that refuses nvidia.dali and logs each attempt, caught or not, with the importing stack.
 
 _NO_DALI = "import sys; sys.modules['nvidia.dali'] = None\n"
+
+_NO_DALI_SITE = '''
+"""No nvidia.dali, as on the GPU check's machine (tests/test_gpu_check.py): importing it raises
+ModuleNotFoundError, and each attempt is appended with its stack to $FASTSSL_NO_DALI_LOG if set."""
+import os
+import sys
+import traceback
+
+
+class _NoDali:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "nvidia.dali" and not name.startswith("nvidia.dali."):
+            return None
+        log = os.environ.get("FASTSSL_NO_DALI_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"import {name} (pid {os.getpid()}, {sys.argv[:3]}):\\n"
+                        + "".join(traceback.format_stack(limit=30)[:-1]) + "\\n")
+        raise ModuleNotFoundError(f"No module named {name!r} (no DALI here, as on the GPU machine)", name=name)
+
+
+sys.meta_path.insert(0, _NoDali())
+'''
+
+
+def _no_dali_pythonpath(tmp_path: Path) -> str:
+    """PYTHONPATH for the tree with which Python cannot import nvidia.dali (a sitecustomize first on it)."""
+    site = tmp_path / "no_dali_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_NO_DALI_SITE)
+    return f"{site}{os.pathsep}{ROOT}"
+
+
+def _no_dali_env(tmp_path: Path, **extra) -> tuple[dict, Path]:
+    """(environment, log): Python processes started with it cannot import nvidia.dali; each attempt is
+    logged to ``log`` (absent if there was none)."""
+    log = tmp_path / "dali_imports.log"
+    env = _env(PYTHONPATH=_no_dali_pythonpath(tmp_path), FASTSSL_NO_DALI_LOG=str(log), TRITON_INTERPRET="1",
+               PYTHONUNBUFFERED="1", **extra)
+    return env, log
+
+
+def _no_dali_imports(log: Path) -> str:
+    return log.read_text()[-4000:] if log.exists() else ""
+
+
+def test_the_no_dali_environment_refuses_and_logs_dali(tmp_path):
+    env, log = _no_dali_env(tmp_path)
+    code = ("try:\n    import nvidia.dali\nexcept ImportError as e:\n    print('refused:', e)\n"
+            "import fastssl.data\nprint(fastssl.data.RECIPES['simclr'].n_views)\nfastssl.data.make_loader\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stdout.splitlines() == ["refused: No module named 'nvidia.dali' (no DALI here, as on the GPU machine)",
+                                     "2"], p.stdout + p.stderr
+    assert "ModuleNotFoundError" in p.stderr  # make_loader is the loader, which needs DALI
+    imports = _no_dali_imports(log)
+    assert re.findall(r"^import (\S+) \(pid", imports, re.M) == ["nvidia.dali", "nvidia.dali"], imports
+    assert "fastssl/data/loader.py" in imports and "fastssl/data/recipes.py" not in imports
 
 
 def test_the_check_imports_work_without_dali():
@@ -262,19 +332,115 @@ def test_the_check_imports_work_without_dali():
     assert p.returncode == 0, p.stderr
 
 
+# Each GPU bench's CPU smoke mode: the same script (argument parsing, the method built from the flags as
+# `python -m fastssl.train` builds it, the timing, the rows it records), at toy sizes and 1-2 iterations.
+# A new benches/gpu_*.py needs its entry here (or a DALI-only skip in gpu_check.sh).
+BENCH_CPU_SMOKE = {
+    "gpu_gradcache.py": ["--device", "cpu", "--tiny", "--only", "16"],
+    "gpu_jigsaw_permutations.py": ["--device", "cpu", "--k", "20", "--n", "5"],
+    "gpu_mae.py": ["--device", "cpu", "--batch", "2", "--rounds", "1"],
+    "gpu_nt_xent.py": ["--device", "cpu", "--sizes", "64", "--dtypes", "float32", "--rounds", "1"],
+    "gpu_tiles.py": ["--device", "cpu", "--batch", "8", "--rounds", "1"],
+    "gpu_train.py": ["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "0"],
+}
+
+
+def _check_script_dali_only_benches() -> set[str]:
+    """The benches gpu_check.sh skips (as OWED) where nvidia.dali cannot be imported."""
+    script = (BENCHES / "gpu_check.sh").read_text()
+    return set(re.findall(r"\[\[ \$\{b##\*/\} == (gpu_\w+\.py) && \$has_dali == 0 \]\]", script))
+
+
 @pytest.mark.slow
-def test_cuda_tests_collect_without_dali_with_the_checks_ignores():
+def test_every_gpu_bench_runs_on_the_cpu_without_dali(tmp_path):
+    """Every benches/gpu_*.py the check runs without DALI, run as gpu_check.sh runs it (`python BENCH`, from
+    the tree's root, --out if it takes one, FASTSSL_BENCH_OUT) with its CPU smoke arguments: it must exit 0,
+    record rows, and never try to import nvidia.dali."""
+    dali_only = _check_script_dali_only_benches()
+    assert dali_only == {"gpu_data.py"}, dali_only  # the only bench that runs a DALI pipeline
+    on_disk = {p.name for p in BENCHES.glob("gpu_*.py")}
+    assert on_disk - dali_only == set(BENCH_CPU_SMOKE), "give every GPU bench its CPU smoke arguments here"
+    out = tmp_path / "res"
+    env, log = _no_dali_env(tmp_path, FASTSSL_BENCH_OUT=str(out), FASTSSL_COMMIT="abc1234")
+    failures, n_rows = [], 0
+    for name, args in sorted(BENCH_CPU_SMOKE.items()):
+        src = BENCHES / name
+        extra = ["--out", str(out)] if '"--out"' in src.read_text() else []
+        p = subprocess.run([sys.executable, str(src), *args, *extra], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+        rows = len(harness.read_rows(out)) if out.exists() else 0
+        if p.returncode != 0 or "Traceback" in p.stderr:
+            failures.append(f"{name} {' '.join(args)}: exit {p.returncode}\n{(p.stdout + p.stderr)[-2500:]}")
+        elif rows <= n_rows:
+            failures.append(f"{name}: recorded no row\n{p.stdout[-1500:]}")
+        n_rows = rows
+    assert not failures, "\n\n".join(failures)
+    assert not log.exists(), "a GPU bench tried to import nvidia.dali:\n" + _no_dali_imports(log)
+    assert {r["commit"] for r in harness.read_rows(out)} == {"abc1234"}
+
+
+_CPU_TWINS = textwrap.dedent(r'''
+    import json, re, sys
+    import pytest
+
+    # A CUDA test's parameter id names its device: "...[cuda]" or "...[triton-cuda-...]"; its CPU twin is the
+    # same test with this device's CPU counterpart ("cpu", the Triton interpreter), else any non-CUDA id in
+    # its place (e.g. "native").
+    COUNTERPART = {"cuda": "cpu", "triton-cuda": "triton-interp"}
+    TOKEN = re.compile(r"(?<=[\[-])(triton-cuda|cuda)(?=[\]-])")
+
+    class CpuTwins:
+        @pytest.hookimpl(trylast=True)
+        def pytest_collection_modifyitems(self, config, items):
+            by_id = {it.nodeid: it for it in items}
+            cpu = [i for i in by_id if by_id[i].get_closest_marker("cuda") is None]
+            twins, cuda_only, missing = [], [], []
+            for it in items:
+                if it.get_closest_marker("cuda") is None:
+                    continue
+                m = TOKEN.search(it.nodeid)
+                if m is None:
+                    cuda_only.append(it.nodeid)
+                    continue
+                head, tail = it.nodeid[:m.start()], it.nodeid[m.end():]
+                anyone = re.compile(re.escape(head) + r"[^\]]+?" + re.escape(tail))
+                found = [head + COUNTERPART[m.group(1)] + tail] + [i for i in cpu if anyone.fullmatch(i)]
+                found = [i for i in found if i in by_id and i in cpu]
+                (twins.append(found[0]) if found else missing.append(it.nodeid))
+            with open(sys.argv[1], "w") as f:
+                json.dump(dict(twins=twins, cuda_only=cuda_only, missing=missing), f, indent=1)
+            keep = set(twins)
+            config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in keep])
+            items[:] = [i for i in items if i.nodeid in keep]
+
+    sys.exit(pytest.main(["-q", "-rfEs", "-p", "no:cacheprovider", "tests", *sys.argv[2:]], plugins=[CpuTwins()]))
+''')
+
+
+@pytest.mark.slow
+def test_the_cpu_twin_of_every_cuda_test_passes_without_dali(tmp_path):
+    """What `pytest -m cuda tests` runs in the check, run on the CPU where nvidia.dali cannot be imported:
+    the whole tree is collected with the check's DALI ignores (a collection error fails), and the CPU
+    twin of every CUDA test (the same test, parametrized for the CPU or the Triton interpreter) must pass,
+    none skipped, and nothing may try to import DALI. CUDA tests that only exist for CUDA (e.g. "CUDA equals
+    CPU") have no twin: their modules are collected here, their bodies run only on the card."""
     script = (BENCHES / "gpu_check.sh").read_text()
     dirs = re.search(r"for d in ([^;]+); do ignore\+=", script).group(1).split()
-    code = _NO_DALI + textwrap.dedent(f"""
-        import pytest
-        sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests",
-                              *[f"--ignore={{d}}" for d in {dirs!r}]]))
-    """)
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert re.search(r"\b\d+/\d+ tests collected", p.stdout), p.stdout[-500:]
+    assert dirs == ["tests/data", "tests/imagenet"], dirs  # those alone run DALI pipelines
+    env, log = _no_dali_env(tmp_path)
+    found = tmp_path / "twins.json"
+    p = subprocess.run([sys.executable, "-c", _CPU_TWINS, str(found), *[f"--ignore={d}" for d in dirs]], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
+    out = p.stdout[-4000:] + p.stderr[-3000:]
+    assert found.exists(), out  # written at collection
+    twins = json.loads(found.read_text())
+    assert twins["missing"] == [], f"CUDA tests without a CPU twin: {twins['missing']}"
+    assert p.returncode == 0, out
+    assert len(twins["twins"]) >= 50 and len(twins["cuda_only"]) >= 10, twins
+    assert re.search(rf"^{len(twins['twins'])} passed, \d+ deselected", p.stdout.splitlines()[-1]), out
+    assert "tests/test_gradcache.py::test_bf16_autocast_matches_the_chunk_by_chunk_reference[cpu]" in twins["twins"]
+    assert "tests/ops/test_nt_xent.py::test_opcheck[native]" in twins["twins"]  # no interpreter variant
+    assert not log.exists(), "a test on the check's path tried to import nvidia.dali:\n" + _no_dali_imports(log)
 
 
 # --- harness: rows, commit, timing helpers, ceilings; the summary table --------------------------------
