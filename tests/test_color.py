@@ -155,3 +155,61 @@ def test_annealed_mean():
     assert d_cold < d_hot
     with pytest.raises(ValueError, match="temperature"):
         annealed_mean(logits, bins, 0.0)
+
+
+def _one_corner_counts(q: int) -> torch.Tensor:
+    """Every counted pixel in bin 0 (a corner of the gamut): bins ~200 ab units away get a smoothed mass that
+    underflows to exactly 0 in float64 (exp(-d^2 / 50)), the case of richzhang/colorization issue 69."""
+    counts = torch.zeros(q, dtype=torch.float64)
+    counts[0] = 1e6
+    return counts
+
+
+def test_rebalance_weights_are_bounded_and_lambda_0_is_refused():
+    """lam = 0 (pure inverse frequency): 1 / p~ is inf for bins the counts never reach (and ~1e158, inf in float32,
+    for near-empty ones); it is refused. Any lam > 0 gives weights <= Q / lam, finite in float32, expectation 1."""
+    bins = ab_gamut_bins(10)
+    q = bins.shape[0]
+    counts = _one_corner_counts(q)
+    with pytest.raises(ValueError, match=r"lam must be in \(0, 1\]"):
+        rebalance_weights(counts, bins, lam=0.0)
+    c = bins.double()
+    ps = (torch.exp(-((c[:, None] - c[None]) ** 2).sum(-1) / 50) * (counts / counts.sum())[None]).sum(1)
+    assert (ps == 0).sum() > 0  # the unreached bins exist: unbounded weights would be 1/0 there
+    for lam in (1.0, 0.5, 1e-3, 1e-6, 1e-30):
+        w = rebalance_weights(counts, bins, lam=lam)
+        assert torch.isfinite(w.float()).all() and float(w.max()) <= q / lam * (1 + 1e-12), lam
+        assert abs(float((ps / ps.sum() * w).sum()) - 1) < 1e-9, lam
+        assert torch.equal(w[ps == 0], w.max().expand(int((ps == 0).sum())))  # the unreached bins weigh most
+
+
+def test_colorize_loss_is_finite_on_a_colour_the_counts_never_saw():
+    """A pixel whose colour fell only outside the counted centre crops lands in an unreached bin: its weight is
+    at most Q / lam, so the class-rebalanced loss stays finite (it was inf with lam = 0)."""
+    bins = ab_gamut_bins(10)
+    q = bins.shape[0]
+    w = rebalance_weights(_one_corner_counts(q), bins, lam=1e-6).float()
+    far = int(((bins - bins[0]) ** 2).sum(1).argmax())
+    ab = bins[far].view(1, 2, 1, 1).expand(1, 2, 2, 2)
+    z = soft_encode(ab, bins)
+    logp = torch.log_softmax(torch.randn(1, q, 2, 2), dim=1)
+    loss = -(w[z.argmax(1)] * (z * logp).sum(1)).mean()
+    assert torch.isfinite(loss) and float(loss) > 0
+
+
+def test_soft_encode_with_a_tiny_sigma_is_the_one_hot_limit_not_nan():
+    """exp(-d^2 / 2 sigma^2) normalized: once d^2 / 2 sigma^2 overflows, every unshifted logit of a pixel between
+    bins is -inf and the softmax is 0/0 = NaN; shifted by the nearest distance it is one-hot on the nearest bin."""
+    bins = ab_gamut_bins(10)
+    ab = (torch.rand(2, 2, 3, 5) - 0.5) * 160
+    hard = soft_encode(ab, bins, k=1)
+    for sigma in (1e-3, 1e-18, 1e-200):
+        z = soft_encode(ab, bins, sigma=sigma)
+        assert torch.isfinite(z).all() and torch.equal(z, hard), sigma
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        soft_encode(ab, bins, sigma=0.0)
+    # A pixel exactly between two bins keeps its tie at any sigma (the shift changes no ratio).
+    i = int(next(j for j in range(len(bins) - 1) if torch.equal(bins[j + 1] - bins[j], torch.tensor([0.0, 10.0]))))
+    mid = ((bins[i] + bins[i + 1]) / 2).view(1, 2, 1, 1)  # 5 from both, >= 11 from every other bin
+    z = soft_encode(mid, bins, k=2, sigma=1e-30)
+    assert torch.equal(z[0, [i, i + 1], 0, 0], torch.tensor([0.5, 0.5]))

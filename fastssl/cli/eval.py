@@ -77,8 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    "(ResNet: stem,layer1..layer4,pool; ViT: blockK,norm,pool), learned vs random init")
     p.add_argument("--weight-decay", type=at.nonneg_float, default=0.0, help="linear probe weight decay")
     p.add_argument("--export", default=None,
-                   help="also write the backbone with its metadata (arch, width, stem/patch, image size) as "
-                   "safetensors; rebuild it with fastssl.models.load_backbone(path)")
+                   help="also write the backbone with its metadata (arch, every constructor argument, its input "
+                   "conversion, image size) as safetensors; rebuild it with fastssl.models.load_backbone(path)")
     return p
 
 
@@ -123,13 +123,16 @@ def _load(path: str, random_init: bool = False) -> tuple[torch.nn.Module, dict]:
 
         model, meta = load_backbone(path)
         return model, {"arch": meta["arch"], "image_size": meta.get("image_size"), "data": meta.get("data"),
-                       "exported": True}
+                       "method": meta.get("method"), "exported": True}
     return backbone_from_checkpoint(path, random_init=random_init)
 
 
 def _export(backbone, cfg: dict, path: str) -> None:
+    """Write ``backbone`` as it was built (fastssl.models.save_backbone describes it from the module: every
+    constructor argument and its input conversion), so ``load_backbone`` computes the features this run's
+    evaluation computes. DataError (nothing written) for a folder that is not there or a network that cannot
+    be described."""
     from fastssl.data.recipes import IMAGENET_MEAN, IMAGENET_STD
-    from fastssl.methods import backbone_kwargs
     from fastssl.models import save_backbone
 
     if cfg.get("exported"):
@@ -137,9 +140,11 @@ def _export(backbone, cfg: dict, path: str) -> None:
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise DataError(f"--export {path}: {parent} is not a folder")
-    save_backbone(backbone, path, cfg["arch"], backbone_kwargs(cfg["arch"], cfg["image_size"], cfg["width"]),
-                  image_size=cfg["image_size"], method=cfg["method"], mean=list(IMAGENET_MEAN),
-                  std=list(IMAGENET_STD), data=cfg.get("data"))
+    try:
+        save_backbone(backbone, path, image_size=cfg["image_size"], method=cfg["method"], mean=list(IMAGENET_MEAN),
+                      std=list(IMAGENET_STD), data=cfg.get("data"))
+    except ValueError as e:
+        raise DataError(f"--export: the {cfg['method']} backbone cannot be exported: {e}") from None
     print(f"backbone ({cfg['arch']}, {cfg['method']}) written to {path}")
 
 

@@ -23,6 +23,7 @@ from fastssl.engine import gradcache
 from fastssl.engine.optim import OPTIMIZERS
 from fastssl.engine.runconfig import RUNTIME_KEYS  # noqa: F401 (kept importable from here)
 from fastssl.methods import METHODS
+from fastssl.methods.base import check_backbone
 from fastssl.models import ARCHS
 
 
@@ -189,6 +190,7 @@ def parse_config(argv: list[str] | None = None) -> dict:
                           "a training run's batch is --batch-size")
     _check_precision(cfg)
     METHODS[cfg["method"]].check_config(cfg)
+    check_backbone(METHODS[cfg["method"]], cfg)  # the network's own size rules, for every method and arch
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"--warmup-epochs {cfg['warmup_epochs']:g} is longer than --epochs {cfg['epochs']}: "
                           "the learning rate would never reach its peak; lower --warmup-epochs")

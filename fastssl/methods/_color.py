@@ -18,14 +18,12 @@ import functools
 
 import torch
 
+# sRGB (linear) -> XYZ (D65) and the D65 white: one definition, shared with the backbones' luminance input.
+from fastssl.models.inputs import RGB_TO_XYZ, WHITE_D65
+
 __all__ = ["rgb_to_lab", "lab_to_rgb", "ab_gamut_bins", "soft_encode", "soft_encode_ref", "rebalance_weights",
            "annealed_mean", "WHITE_D65", "RGB_TO_XYZ"]
 
-# sRGB (linear) -> XYZ, D65 (IEC 61966-2-1 / skimage's xyz_from_rgb), and the D65 reference white.
-RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423),
-              (0.212671, 0.715160, 0.072169),
-              (0.019334, 0.119193, 0.950227))
-WHITE_D65 = (0.95047, 1.0, 1.08883)
 _DELTA = 6 / 29  # CIE: f(t) = t^(1/3) above DELTA^3, linear below
 
 
@@ -129,11 +127,18 @@ def soft_encode(ab: torch.Tensor, bins: torch.Tensor, k: int = 5, sigma: float =
     q = bins.shape[0]
     if not 1 <= k <= q:
         raise ValueError(f"k must be in [1, {q}], got {k}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
     b, _, h, w = ab.shape
     pts = ab.float().permute(0, 2, 3, 1).reshape(-1, 2)
     d2 = torch.cdist(pts, bins.float().to(pts.device), compute_mode="donot_use_mm_for_euclid_dist") ** 2  # [N, Q]
     near_d2, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-    wts = torch.softmax(-near_d2 / (2 * sigma ** 2), dim=1)  # exp(-d^2/2s^2) normalized
+    # exp(-d^2/2s^2) normalized, shifted by the nearest bin's d^2 (the same weights): the nearest bin's logit is
+    # exactly 0 and the scale finite, so a tiny sigma gives the one-hot limit on the nearest bin, never 0/0 = NaN
+    # (unshifted, every logit of a pixel between bins is -inf once d^2 / 2s^2 overflows float32).
+    two_s2, big = 2.0 * sigma * sigma, torch.finfo(torch.float32).max
+    scale = min(1.0 / two_s2, big) if two_s2 > 0 else big
+    wts = torch.softmax(-(near_d2 - near_d2[:, :1]) * scale, dim=1)
     out = torch.zeros(pts.shape[0], q, device=pts.device, dtype=torch.float32)
     out.scatter_(1, idx, wts)
     return out.view(b, h, w, q).permute(0, 3, 1, 2)
@@ -159,15 +164,21 @@ def rebalance_weights(counts: torch.Tensor, bins: torch.Tensor, sigma: float = 5
     """Class-rebalancing weights ``[Q]`` (float64) from bin counts ``[Q]`` (Zhang et al. 2016, Eq. 4):
     ``p`` = counts / total, smoothed with a Gaussian kernel of ``sigma`` ab units over the bin
     centres (``p~``, renormalized), ``w ~ ((1 - lam) p~ + lam / Q)^-1`` scaled so that
-    ``sum_q p~_q w_q = 1`` (expectation 1 under the smoothed distribution). Raises ValueError for
-    negative or all-zero counts or lam outside [0, 1]."""
+    ``sum_q p~_q w_q = 1`` (expectation 1 under the smoothed distribution).
+
+    Bounded: since ``p~_q <= 1``, ``sum_q p~_q w_q`` before scaling is at least 1, so every weight is at most
+    ``Q / lam`` (finite in float32 for any ``lam >= 1e-30``). ``lam = 0`` (pure inverse frequency) is refused: a bin
+    whose smoothed mass is 0 (it underflows in float64 for bins ~200 ab units from every counted colour) would
+    weigh 1/0, and near-empty bins ~1e158, inf once cast to float32 (richzhang/colorization issue 69). Raises
+    ValueError for negative or all-zero counts or lam outside (0, 1]."""
     counts = counts.double().cpu()
     if counts.dim() != 1 or counts.shape[0] != bins.shape[0]:
         raise ValueError(f"counts must be [{bins.shape[0]}], got {tuple(counts.shape)}")
     if (counts < 0).any() or counts.sum() <= 0:
         raise ValueError("counts must be >= 0 with a positive total")
-    if not 0 <= lam <= 1:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    if not 0 < lam <= 1:
+        raise ValueError(f"lam must be in (0, 1] (0 gives the bins the counts never reach an infinite weight), "
+                         f"got {lam}")
     p = counts / counts.sum()
     c = bins.double().cpu()
     kernel = torch.exp(-torch.cdist(c, c) ** 2 / (2 * sigma ** 2))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fastssl.base.argtypes import positive_int, probability  # noqa: F401  (flag types of the tile methods)
 from fastssl.base.errors import ConfigError
-from fastssl.methods.base import Method
+from fastssl.methods.base import Method, smallest_working_size
 from fastssl.models import MLPHead
 from fastssl.ops import sample_tiles
 from fastssl.ops.sample_tiles import sample_tiles_op
@@ -32,10 +32,22 @@ def add_tile_args(group, gray_p: float, drop_p: float) -> None:
     group.add_argument("--head-hidden", type=positive_int, default=1024, help="classifier MLP hidden width")
 
 
-def check_tile_config(cfg: dict) -> None:
-    t, cell = tile_size(cfg), cfg["image_size"] // GRID
+def check_tile_config(cfg: dict, method: type[Method] | None = None) -> None:
+    """ConfigError unless a tile fits a grid cell. Every suggested value works: ``--tile <= cell`` when there is
+    a cell of at least 1 px; when ``--image-size`` is below the grid (no cell at all) the smallest image size
+    that passes every check of ``method`` (and its backbone's, ``fastssl.methods.base.check_backbone``), or
+    without a method the smallest that holds the tiles (``GRID`` px, or ``GRID * --tile``)."""
+    s, t, cell = cfg["image_size"], tile_size(cfg), cfg["image_size"] // GRID
+    if cell < 1:
+        need, stop = GRID * (cfg["tile"] or 1), max(64, 4 * GRID * (cfg["tile"] or 1))
+        if method is not None:  # sizes >= need have cells, so this search never comes back here
+            need = smallest_working_size(method, cfg, need, stop)
+        flags = f"--arch {cfg['arch']}" + (f" and --tile {cfg['tile']}" if cfg["tile"] else "")
+        raise ConfigError(f"--image-size {s} is too small for a {GRID}x{GRID} grid of tiles (cells of {s / GRID:.2g} "
+                          "px); " + (f"the smallest --image-size that works with {flags} is {need}" if need else
+                                     f"no --image-size up to {stop} works with {flags}"))
     if t > cell:
-        raise ConfigError(f"--tile {t} does not fit a grid cell of {cell} px (--image-size {cfg['image_size']} "
+        raise ConfigError(f"--tile {t} does not fit a grid cell of {cell} px (--image-size {s} "
                           f"in a {GRID}x{GRID} grid); use --tile <= {cell}")
 
 
@@ -63,7 +75,13 @@ class TileMethod(Method):
 
     @classmethod
     def check_config(cls, cfg):
+        check_tile_config(cfg, cls)
+
+    @classmethod
+    def backbone_inputs(cls, cfg):
+        """The whole images (evaluation; the backbone is built at ``--image-size``) and the tiles (training)."""
         check_tile_config(cfg)
+        return {"--image-size": cfg["image_size"], "--tile": tile_size(cfg)}
 
     @staticmethod
     def num_classes(cfg: dict) -> int:

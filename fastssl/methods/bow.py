@@ -105,8 +105,13 @@ def soft_bow_histogram(features: torch.Tensor, vocab: torch.Tensor, inv_delta: f
     b, n, c = features.shape
     f = features.reshape(-1, c).float()
     dist = torch.cdist(f, vocab.float(), compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # [B*L, K]
-    mu = dist.min(dim=1).values.mean().clamp_min(torch.finfo(torch.float32).tiny)
-    codes = torch.softmax(-(inv_delta / mu) * dist, dim=1)
+    nearest = dist.min(dim=1, keepdim=True).values
+    mu = nearest.mean().clamp_min(torch.finfo(torch.float32).tiny)
+    # Shifted by each feature's nearest distance (the same softmax) with a finite scale: when every feature sits
+    # on a word (mu -> 0, e.g. a dead teacher layer) inv_delta / mu overflows, and inf * 0 made the codes NaN;
+    # this way the nearest word's logit is exactly 0 and the codes tend to the hard assignment, as they should.
+    scale = (inv_delta / mu).clamp(max=torch.finfo(torch.float32).max)
+    codes = torch.softmax(-(dist - nearest) * scale, dim=1)
     return codes.view(b, n, -1).mean(dim=1)
 
 
@@ -206,7 +211,8 @@ class BoW(Method):
         if x.shape[0] < cfg["vocab_size"]:
             raise ConfigError(f"--vocab-size {cfg['vocab_size']} exceeds the {x.shape[0]} teacher features of "
                               f"{cp.n} images (--vocab-images)")
-        vocab = kmeans(x, cfg["vocab_size"], iters=cfg["kmeans_iters"], seed=0, progress=not cfg.get("quiet"))
+        vocab = kmeans(x, cfg["vocab_size"], iters=cfg["kmeans_iters"], seed=0, progress=not cfg.get("quiet"),
+                       what=f"the teacher's features of {cp.n} images (--vocab-images)", k_name="--vocab-size")
         self.teacher.cpu()
         return cp.save(vocab)
 

@@ -22,8 +22,8 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from fastssl.base import argtypes as at
 from fastssl.base.argtypes import positive_float
 from fastssl.base.errors import ConfigError
 from fastssl.base.viz import save_grid
@@ -32,38 +32,24 @@ from fastssl.methods._color import ab_gamut_bins, annealed_mean, lab_to_rgb, reb
 from fastssl.methods.base import Method, backbone_kwargs, register
 from fastssl.methods.generative import image_decoder, positive_int, require_resnet, to_pixels
 from fastssl.models import build_backbone
+from fastssl.models.inputs import LuminanceInput  # (importable from here, where it was defined before)
 
 AB_GRID = 10  # the paper's grid size
 
 
-def _lam(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+LAMBDA_MIN = 1e-6  # the smallest --rebalance-lambda: no class weight exceeds Q / lambda (fastssl.methods._color)
+
+
+def _lam(text) -> float:
+    """``--rebalance-lambda`` in [LAMBDA_MIN, 1]. 0 (the pure inverse frequency) is refused: a bin whose smoothed
+    share of the training counts is 0 (or underflows; colours far from every counted one) would weigh 1/0, and a
+    colour seen only outside the counted centre crops makes the loss inf (richzhang/colorization issue 69)."""
+    value = at.ranged(float, 0, 1)(text)
+    if value < LAMBDA_MIN:
+        raise argparse.ArgumentTypeError(
+            f"must be in [{LAMBDA_MIN:g}, 1], got {value:g}: the weight of a colour the training counts never saw "
+            "is up to Q / lambda (Q bins), infinite at 0")
     return value
-
-
-class LuminanceInput(nn.Module):
-    """A 1-channel ResNet fed the L channel of normalized RGB views: ``[B, 3, H, W] -> [B, feature_dim]``
-    (``forward``) or the feature map (``forward_features``). ``net`` is the ResNet (in_chans=1)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-        self.feature_dim = net.feature_dim
-        self.cifar_stem = net.cifar_stem
-
-    @staticmethod
-    def luminance(x: torch.Tensor) -> torch.Tensor:
-        """Normalized RGB views -> ``(L - 50) / 50`` ``[B, 1, H, W]`` (float32)."""
-        lab = rgb_to_lab(to_pixels(x.float()).clamp(0, 1))
-        return (lab[:, :1] - 50) / 50
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(self.luminance(x).to(x.dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.luminance(x).to(x.dtype))
 
 
 def bin_counts(cfg: dict, bins: torch.Tensor, subsample: int) -> torch.Tensor:
@@ -96,12 +82,16 @@ class Colorize(Method):
         g.add_argument("--soft-k", type=positive_int, default=5, help="nearest bins of the soft encoding")
         g.add_argument("--soft-sigma", type=positive_float, default=5.0, help="soft-encoding Gaussian sigma (ab units)")
         g.add_argument("--rebalance-lambda", type=_lam, default=0.5,
-                       help="mix of the smoothed bin distribution with the uniform (1: no rebalancing)")
+                       help=f"mix of the smoothed bin distribution with the uniform, in [{LAMBDA_MIN:g}, 1] (1: no "
+                       "rebalancing; 0, the pure inverse frequency, would weigh unseen colours infinitely)")
         g.add_argument("--anneal-t", type=positive_float, default=0.38, help="annealed-mean temperature (pictures)")
 
     @classmethod
     def check_config(cls, cfg):
         require_resnet(cfg, "colorize")
+        if cfg["image_size"] < cls.subsample:
+            raise ConfigError(f"--image-size {cfg['image_size']}: colorize predicts colours at 1/{cls.subsample} of "
+                              f"the image size, so it needs --image-size >= {cls.subsample}")
         q = ab_gamut_bins(AB_GRID).shape[0]
         if cfg["soft_k"] > q:
             raise ConfigError(f"--soft-k {cfg['soft_k']} exceeds the {q} in-gamut ab bins")

@@ -131,7 +131,7 @@ class Halves(Method):
     @classmethod
     def check_config(cls, cfg):
         patch = check_vit_config(cfg, "halves masks ViT patch tokens; use vit_tiny, vit_small or vit_base")
-        if (cfg["image_size"] // patch) ** 2 < 2:
+        if cfg["image_size"] % patch == 0 and (cfg["image_size"] // patch) ** 2 < 2:  # (else: check_backbone)
             raise ConfigError(f"--image-size {cfg['image_size']} gives one {patch} px patch: halves splits the patches "
                               "into two disjoint sets, so it needs at least 2")
         if cfg["batch_size"] < 2:

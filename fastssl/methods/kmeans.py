@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from fastssl.base.progress import Progress
@@ -15,8 +17,10 @@ def kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch
     centres = [x[first[0]]]
     d2 = ((x - centres[0]) ** 2).sum(1)
     for _ in range(1, k):
-        p = d2.clamp_min(0)
-        p = p / p.sum() if p.sum() > 0 else torch.full_like(p, 1.0 / n)
+        # normalized in float64: a float32 sum of N squared distances can overflow to inf (p would be all 0)
+        p = d2.double().clamp_min(0)
+        total = p.sum()
+        p = p / total if 0 < total < float("inf") else torch.full_like(p, 1.0 / n)  # all points on a centre: uniform
         i = torch.multinomial(p.to(generator.device), 1, generator=generator).to(x.device)[0]
         centres.append(x[i])
         d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
@@ -50,14 +54,28 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, iters: int, progress: bool = F
     return centres
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 30, seed: int = 0, progress: bool = False) -> torch.Tensor:
+def kmeans(x: torch.Tensor, k: int, iters: int = 30, seed: int = 0, progress: bool = False,
+           what: str = "the data", k_name: str = "k") -> torch.Tensor:
     """Cluster ``x [N, D]`` (float, any device) into ``k`` centres ``[k, D]`` (k-means++ seeding from a
     ``torch.Generator`` seeded with ``seed`` on the CPU, then Lloyd). Deterministic for a given seed on a
-    given device. Raises ValueError if k < 2 or k > N."""
+    given device. Raises ValueError if k < 2 or k > N.
+
+    Warns (``UserWarning``, naming ``what`` was clustered and the flag ``k_name`` that set k) when fewer than
+    ``k`` of the centres are distinct:
+    with fewer than ``k`` distinct points k-means++ has to repeat some, and a repeated centre is never the
+    nearest one (ties go to the lowest index), so it is a cluster nothing is ever assigned to (for bow, a
+    word no histogram can contain)."""
     if k < 2:
         raise ValueError(f"k-means needs k >= 2, got {k}")
     if x.dim() != 2 or x.shape[0] < k:
         raise ValueError(f"k-means needs [N, D] with N >= k={k}, got {tuple(x.shape)}")
     gen = torch.Generator().manual_seed(seed)
     x = x.float()
-    return lloyd(x, kmeans_pp_init(x, k, gen), iters, progress)
+    centres = lloyd(x, kmeans_pp_init(x, k, gen), iters, progress)
+    distinct = torch.unique(centres, dim=0).shape[0]
+    if distinct < k:
+        points = torch.unique(x, dim=0).shape[0]
+        warnings.warn(f"k-means of {what}: only {distinct} of the {k} centres ({k_name} {k}) are distinct "
+                      f"({x.shape[0]} points, {points} distinct): {k - distinct} centre(s) repeat another and can "
+                      f"never be assigned; use {k_name} <= {distinct} or more varied data", stacklevel=2)
+    return centres

@@ -15,11 +15,13 @@ import argparse
 import torch
 
 from fastssl.base.argtypes import positive_int
+from fastssl.base.errors import ConfigError
 from fastssl.base.viz import denormalize, save_grid
 from fastssl.methods._masked_vit import DECODER_HEAD_DIM, check_vit_config, mae_backbone, mae_decoder
 from fastssl.methods.base import Method, register
 from fastssl.models.mae import mae_predict, masked_input, reconstruct_images
 from fastssl.ops import masked_patch_mse, masked_patch_mse_ref, random_masking
+from fastssl.ops.random_masking import num_keep
 
 VIZ_SEED = 0  # the picture's masks: the same images and the same masks every epoch
 
@@ -73,7 +75,15 @@ class MAE(Method):
 
     @classmethod
     def check_config(cls, cfg):
-        check_vit_config(cfg, "MAE needs a ViT (vit_tiny, vit_small, vit_base)")
+        patch = check_vit_config(cfg, "MAE needs a ViT (vit_tiny, vit_small, vit_base)")
+        n = (cfg["image_size"] // patch) ** 2
+        if cfg["image_size"] % patch == 0 and n - num_keep(n, cfg["mask_ratio"]) < 1:  # (else: check_backbone)
+            # the loss is a mean over the masked patches: with none it is 0/0 (a loss of 0 that trains nothing)
+            raise ConfigError(f"--mask-ratio {cfg['mask_ratio']:g} masks none of the {n} patches (--image-size "
+                              f"{cfg['image_size']}, {patch} px patches), and MAE's loss is over the masked ones; "
+                              f"use --mask-ratio >= {1 / n:.3g}" if n > 1 else
+                              f"--image-size {cfg['image_size']} is a single {patch} px patch: MAE masks some patches "
+                              f"and encodes the others, so it needs at least 2; e.g. --image-size {2 * patch}")
 
     def __init__(self, cfg):
         super().__init__(cfg)

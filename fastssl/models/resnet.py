@@ -12,6 +12,10 @@ Options beyond torchvision (none of them changes a key name):
   e.g. ``width=32`` halves all channel counts (about 1/4 of the FLOPs and parameters).
 - ``num_classes=0`` (the default here, unlike torchvision's 1000): ``fc`` is ``nn.Identity`` and
   ``forward`` returns the pooled features ``[B, feature_dim]``.
+
+``model.config()`` gives the keyword arguments the network was built with and ``model.arch`` its builder's
+name (``resnet18`` / ``resnet50``), so ``build_backbone(model.arch, **model.config())`` rebuilds it (what an
+exported backbone records).
 """
 
 from __future__ import annotations
@@ -119,6 +123,12 @@ class ResNet(nn.Module):
             raise ValueError(f"width must be >= 1 and num_classes >= 0, got width={width}, "
                              f"num_classes={num_classes}")
         self._norm_layer = norm_layer
+        # What rebuilds this network (``config()``); an ``fc`` module or another norm_layer is not data.
+        self.init_kwargs = {"num_classes": num_classes, "width": width, "cifar_stem": cifar_stem,
+                            "zero_init_residual": zero_init_residual, "in_chans": in_chans}
+        self._not_data = [n for n, custom in (("fc", fc is not None), ("norm_layer", norm_layer is not nn.BatchNorm2d))
+                          if custom]
+        self.arch: str | None = None  # the builder's name (resnet18, resnet50), set by it
         self.inplanes = width
         self.width = width
         self.cifar_stem = cifar_stem
@@ -154,6 +164,16 @@ class ResNet(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     m.zero_init_last_bn()
 
+    def config(self) -> dict:
+        """The keyword arguments this network was built with (JSON-able): ``build_backbone(self.arch,
+        **self.config())`` builds the same network (modules, shapes and forward; the weights aside). Raises
+        ValueError for a network built with an ``fc`` module or a ``norm_layer`` other than BatchNorm2d
+        (not describable as data)."""
+        if self._not_data:
+            raise ValueError(f"this ResNet was built with a custom {' and '.join(self._not_data)}, which cannot be "
+                             "written down as constructor keywords")
+        return dict(self.init_kwargs)
+
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
@@ -181,9 +201,13 @@ class ResNet(nn.Module):
 
 def resnet18(**kw) -> ResNet:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]); 11,689,512 parameters with ``num_classes=1000``."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], **kw)
+    model = ResNet(BasicBlock, [2, 2, 2, 2], **kw)
+    model.arch = "resnet18"
+    return model
 
 
 def resnet50(**kw) -> ResNet:
     """ResNet-50 (Bottleneck v1.5, [3, 4, 6, 3]); 25,557,032 parameters with ``num_classes=1000``."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], **kw)
+    model = ResNet(Bottleneck, [3, 4, 6, 3], **kw)
+    model.arch = "resnet50"
+    return model

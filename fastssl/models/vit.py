@@ -10,6 +10,9 @@ Parameter and state-dict names follow timm's ``VisionTransformer`` (``cls_token`
 ``forward_features(x)`` returns all tokens ``[B, 1 + N, D]`` after the final LayerNorm;
 ``forward(x)`` returns the cls token (``pool="cls"``) or the mean of the patch tokens
 (``pool="mean"``), ``[B, feature_dim]``, or logits when ``num_classes > 0``.
+
+``model.config()`` gives every constructor argument as built and ``model.arch`` its builder's name, so
+``build_backbone(model.arch, **model.config())`` rebuilds it (what an exported backbone records).
 """
 
 from __future__ import annotations
@@ -18,12 +21,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer", "sincos_pos_embed_2d",
+__all__ = ["check_patch_grid", "PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer", "sincos_pos_embed_2d",
            "vit_tiny", "vit_small", "vit_base"]
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _plain(v: int | tuple[int, int]) -> int | list[int]:
+    """A size as JSON data: an int for a square, else [H, W]."""
+    h, w = _pair(v)
+    return h if h == w else [h, w]
+
+
+def check_patch_grid(size: int | tuple[int, int], patch_size: int | tuple[int, int], what: str = "img_size") -> None:
+    """The patch embedding's rule: ValueError ``"<what> (H, W) is not divisible by patch_size (p, q)"`` unless the
+    patches tile ``size`` exactly. Shared by ``PatchEmbed`` (built size and every input) and the command line's
+    parse-time check (fastssl.methods.base.check_backbone), so both apply the same rule."""
+    size, patch = _pair(size), _pair(patch_size)
+    if min(patch) < 1 or size[0] % patch[0] or size[1] % patch[1]:
+        raise ValueError(f"{what} {size} is not divisible by patch_size {patch}")
 
 
 class PatchEmbed(nn.Module):
@@ -38,8 +56,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.img_size = _pair(img_size)
         self.patch_size = _pair(patch_size)
-        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        check_patch_grid(self.img_size, self.patch_size, "img_size")
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
@@ -47,9 +64,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"PatchEmbed expects [B, C, H, W], got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H % self.patch_size[0] or W % self.patch_size[1]:
-            raise ValueError(f"input size {(H, W)} is not divisible by patch_size {self.patch_size}")
+        check_patch_grid(tuple(x.shape[-2:]), self.patch_size, "input size")
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -175,6 +190,12 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        # What rebuilds this network (``config()``): every constructor argument, as built.
+        self.init_kwargs = {"img_size": _plain(img_size), "patch_size": _plain(patch_size), "in_chans": in_chans,
+                            "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
+                            "qkv_bias": qkv_bias, "num_classes": num_classes, "pool": pool, "pos_embed": pos_embed,
+                            "drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate, "drop_path_rate": drop_path_rate}
+        self.arch: str | None = None  # the builder's name (vit_tiny, ...), set by it
         self.pool = pool
         self.pos_embed_type = pos_embed
         self.embed_dim = self.feature_dim = embed_dim
@@ -195,6 +216,12 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
+
+    def config(self) -> dict:
+        """The keyword arguments this network was built with (JSON-able; ``pool`` as it is now):
+        ``build_backbone(self.arch, **self.config())`` builds the same network (modules, shapes, pooling, position
+        embedding and forward; the weights aside)."""
+        return {**self.init_kwargs, "pool": self.pool}
 
     def _init_weights(self) -> None:
         # timm / DeiT: truncated normal (std .02) for tokens and Linear layers; the patch projection
@@ -264,7 +291,9 @@ _VIT_CONFIGS = {
 def _vit(name: str, **kw) -> VisionTransformer:
     cfg = dict(_VIT_CONFIGS[name], mlp_ratio=4.0)
     cfg.update(kw)
-    return VisionTransformer(**cfg)
+    model = VisionTransformer(**cfg)
+    model.arch = name
+    return model
 
 
 def vit_tiny(**kw) -> VisionTransformer:

@@ -91,6 +91,48 @@ def test_soft_bow_histograms_sum_to_one_and_tend_to_hard():
     assert torch.allclose(soft_bow_histogram(10 * f, 10 * vocab, 15.0), h, atol=1e-5)
 
 
+def test_soft_bow_is_finite_when_every_feature_sits_on_a_word():
+    """mu (the mean distance to the nearest word) is 0 when every local feature equals a word (e.g. a dead teacher
+    layer: all zeros): inv_delta / mu overflowed and inf * 0 made the codes NaN. Now the hard histogram, the limit."""
+    g = torch.Generator().manual_seed(0)
+    vocab = torch.randn(6, 5, generator=g)
+    words = torch.randint(0, 6, (3, 7), generator=g)
+    f = vocab[words]  # every feature exactly on its word
+    h = soft_bow_histogram(f, vocab, 15.0)
+    assert torch.isfinite(h).all() and torch.equal(h, bow_histogram(words, 6))
+    zeros = torch.zeros(2, 4, 5)  # a dead layer, and a vocabulary that holds the zero vector
+    h = soft_bow_histogram(zeros, torch.cat([torch.zeros(1, 5), vocab]), 15.0)
+    assert torch.isfinite(h).all() and torch.equal(h, torch.eye(7)[[0, 0]])
+    # nearly on the words: finite, rows sum to 1, the nearest word dominates
+    h = soft_bow_histogram(f + 1e-20, vocab, 15.0)
+    assert torch.isfinite(h).all() and torch.allclose(h.sum(1), torch.ones(3))
+
+
+def test_kmeans_warns_when_centres_repeat():
+    """Fewer distinct points than k: k-means++ must repeat some, and a repeated centre can never be assigned (ties
+    go to the lowest index) -- a bow word no histogram contains. Warned, naming how many centres are distinct."""
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).repeat(10, 1)  # 30 points, 3 distinct
+    with pytest.warns(UserWarning, match=r"k-means of the teacher's features: only 3 of the 5 centres \(--vocab-size "
+                                         r"5\) are distinct \(30 points, 3 distinct\): 2 centre\(s\) repeat"):
+        c = kmeans(x, 5, iters=5, seed=0, what="the teacher's features", k_name="--vocab-size")
+    assert torch.unique(c, dim=0).shape[0] == 3 and set(assign(x, c).tolist()) <= {0, 1, 2, 3, 4}
+    assert len(set(assign(x, c).tolist())) == 3  # two of the five words are never assigned
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough distinct points: no warning
+        kmeans(torch.randn(30, 2, generator=torch.Generator().manual_seed(0)), 5, iters=5, seed=0)
+
+
+def test_kmeans_pp_seeding_survives_distances_whose_float32_sum_overflows():
+    """The seeding's probabilities are d^2 / sum d^2; with features ~1e18 the float32 sum is inf (every p was 0
+    and torch.multinomial refused); normalized in float64 the seeding picks k distinct points."""
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0)) * 3e18
+    assert torch.isinf(((x - x[0]) ** 2).sum(1).sum())  # the float32 sum overflows
+    c = kmeans_pp_init(x, 8, torch.Generator().manual_seed(0))
+    assert torch.isfinite(c).all() and torch.unique(c, dim=0).shape[0] == 8
+
+
 def test_missing_teacher_is_one_line_error_through_the_cli(tmp_path, tiny_data):
     out = tmp_path / "run"
     r = _run(["--method", "bow", "--data", str(tiny_data), "--out", str(out)])

@@ -73,6 +73,32 @@ def test_bad_flag_is_refused_where_parsed(extra, needles, small, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("extra,needles", [
+    # fastssl issue 22, item 3: the backbone's own size rule, for every method (here two), with sizes that work
+    (["--method", "simclr", "--arch", "vit_tiny", "--image-size", "50"],
+     ["--arch vit_tiny --image-size 50", "not divisible by patch_size (4, 4)", "--image-size 48 or 52 works"]),
+    (["--method", "rotation", "--arch", "vit_small", "--image-size", "130"],
+     ["--arch vit_small --image-size 130", "--image-size 128 or 144 works"]),
+    (["--method", "jigsaw", "--arch", "vit_tiny", "--image-size", "12"],
+     ["--arch vit_tiny --tile 3 (its default)", "input size (3, 3)", "--tile 4 works"]),
+    # item 4: an image too small for the tile grid names a size that works, not `--tile <= 0`
+    (["--method", "jigsaw", "--image-size", "2"],
+     ["--image-size 2 is too small", "the smallest --image-size that works with --arch resnet18 is 3"]),
+    (["--method", "context", "--arch", "vit_tiny", "--image-size", "2"],
+     ["--image-size 2 is too small", "the smallest --image-size that works with --arch vit_tiny is 16"]),
+    # item 2: lambda 0 gives the colours the counts never saw an infinite class weight
+    (["--method", "colorize", "--rebalance-lambda", "0"], ["argument --rebalance-lambda", "infinite at 0"]),
+    (["--method", "colorize", "--image-size", "3"], ["--image-size 3", "needs --image-size >= 4"]),
+    (["--method", "mae", "--image-size", "16", "--mask-ratio", "0.01"],
+     ["--mask-ratio 0.01 masks none of the 16 patches", "--mask-ratio >= 0.0625"]),
+])
+def test_sizes_and_weights_that_cannot_work_are_refused_where_parsed(extra, needles, tmp_path):
+    out = tmp_path / "run"
+    r = _cmd("fastssl.train", [*extra, "--out", out])
+    assert_one_line_error(r, 2, "fastssl.train", *needles)
+    assert not out.exists()
+
+
 def test_bad_config_file_value(small, tmp_path):
     data, _ = small
     cfg = tmp_path / "c.yaml"

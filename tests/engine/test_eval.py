@@ -24,8 +24,9 @@ def test_eval_cli_knn_linear_and_export(tiny_args, tmp_path, capsys):
     assert "knn: top-1" in out
     # The export rebuilds from its own metadata, without the run's flags, and computes what the run's backbone does.
     model, meta = load_backbone(export)
-    assert (meta["arch"], meta["kwargs"], meta["image_size"], meta["method"]) == (
-        "resnet18", {"cifar_stem": True, "width": 8}, 16, "simclr")
+    assert (meta["arch"], meta["kwargs"], meta["input"], meta["image_size"], meta["method"]) == (
+        "resnet18", {"cifar_stem": True, "width": 8, "in_chans": 3, "num_classes": 0, "zero_init_residual": False},
+        "rgb", 16, "simclr")  # every constructor argument as built (fastssl issue 22; tests/engine/test_export.py)
     ref, _ = backbone_from_checkpoint(run)
     x = torch.randn(3, 3, 16, 16)
     torch.testing.assert_close(model(x), ref.eval()(x), rtol=0, atol=0)
