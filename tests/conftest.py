@@ -45,7 +45,9 @@ def device(request):
 def fastssl_cache(tmp_path, monkeypatch):
     """A private FASTSSL_CACHE for tests that write caches (the built extension stays shared)."""
     from fastssl.base.cache import cache_dir
+    from fastssl.ops import _ext
 
+    _ext.load()  # built (or found) in the real cache first: a private cache must not mean a second build
     ext_dir = cache_dir()
     monkeypatch.setenv("FASTSSL_CACHE", str(tmp_path / "cache"))  # cache_dir() reads it at every call
     yield tmp_path / "cache", ext_dir
