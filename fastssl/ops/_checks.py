@@ -1,6 +1,10 @@
-"""Input checks shared by the ops (ValueError with a message naming the argument)."""
+"""Input checks shared by the ops (ValueError with a message naming the argument), and the Triton launch
+helper of the MAE token ops."""
 
 from __future__ import annotations
+
+import contextlib
+from functools import cache
 
 import torch
 
@@ -67,8 +71,45 @@ def patch_view(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return images.unflatten(2, (-1, p)).unflatten(4, (-1, p)).permute(0, 2, 4, 1, 3, 5)
 
 
+def is_channels_last(images: torch.Tensor) -> bool:
+    """True when each pixel row of images [B, C, H, W] holds its W*C values contiguously (channels_last
+    memory: stride(1) == 1, stride(3) == C), so a patch row's p*C values are one contiguous run."""
+    c = images.shape[1]
+    return c > 1 and images.stride(1) == 1 and images.stride(3) == c
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype active for ``device``'s type, or None."""
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
+
+
+INT32_MAX = 2**31 - 1
+
+
+@cache
+def _device_arch(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def device_arch(x: torch.Tensor) -> tuple[int, int] | None:
+    """Compute capability of CUDA tensor ``x``'s device; None for CPU tensors (the Triton interpreter)."""
+    if not x.is_cuda:
+        return None
+    return _device_arch(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+def launch(plan: list, x: torch.Tensor, strided: tuple[str, ...] = ("IMG",)) -> None:
+    """Run a launch plan ``[(kernel, grid, args, kwargs)]`` on ``x``'s device (the current device is made
+    x's, so cuda:1 works). Every tensor argument must be contiguous except those named in ``strided``
+    (the kernels read them through their strides): a kernel indexes flat pointers, so a strided view
+    would be read wrong. RuntimeError (a bug in the launcher, not user input) otherwise."""
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with guard:
+        for kernel, grid, args, kw in plan:
+            for name, a in zip(kernel.arg_names, args):
+                if isinstance(a, torch.Tensor) and name not in strided and not a.is_contiguous():
+                    raise RuntimeError(f"{kernel.fn.__name__}: argument {name} is not contiguous "
+                                       f"(strides {a.stride()}); the kernel reads it as a flat array")
+            kernel[grid](*args, **kw)

@@ -25,11 +25,14 @@ Numerics: fp32 accumulation on the Triton path (tf32 dots for fp32 inputs when
 ``addmm`` in the input dtype. Error bound the tests enforce: the 2x rule of tests/helpers against the
 float64 reference. Back ends: CUDA -> Triton ``fastssl.kernels.masked_patch_embed``; CPU -> gather +
 addmm; ``FASTSSL_BACKEND=ref`` -> :func:`masked_patch_embed_ref` (Conv2d on every patch, then gather).
+Triton launch: the image is read through its strides (channels_last images, as the trainer feeds
+them, in (i, j, c) pixel order with 16-byte loads; the weight is then passed permuted to [D, p, p, C],
+one D x C*p*p copy per call); ids_keep, bias and pos_embed are passed contiguous (a strided view is
+copied). Shapes whose offsets would not fit the kernel's 32-bit in-sample offsets (one sample over
+2**31 elements, B*L_keep >= 2**31) take the gather + addmm path on CUDA too.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +44,16 @@ except ImportError:  # pragma: no cover
 
 from fastssl.ops._backend import choose_backend
 from fastssl.ops._checks import (
+    INT32_MAX,
     autocast_dtype,
     check_id_range,
     check_ids,
     check_patch,
     check_same,
     check_tensor,
+    device_arch,
+    is_channels_last,
+    launch,
     patch_view,
 )
 
@@ -83,28 +90,53 @@ def _native(images, weight, bias, pos, patch_size, ids_keep):
     return out
 
 
-def _triton(images, weight, bias, pos, patch_size, ids_keep):
+def triton_config(arch: tuple[int, int] | None) -> dict:
+    """Tiles for compute capability ``arch`` (None: the interpreter: small tiles so tiny shapes span
+    several programs; BLOCK_R 32 so that R = 16 and 48 take the masked tail, R = 192 the even path)."""
+    if arch is None:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_R=32, num_warps=1, UPCAST=True)
+    # 64 x 64 tokens x channels, 32 pixels per step, 4 warps: no spills and under 64 KB of shared memory
+    # on sm80/86/89/90 in every dtype and layout (tests/ops/test_mae_kernels_aot.py)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_R=32, num_warps=4, UPCAST=False)
+
+
+def fits_int32(images: torch.Tensor, weight: torch.Tensor, m: int, num_patches: int) -> bool:
+    """The kernel's 32-bit offsets hold: one sample's span, the tokens, the weight and pos_embed."""
+    span = sum((n - 1) * s for n, s in zip(images.shape[1:], images.stride()[1:]))
+    d = weight.shape[0]
+    return max(span, m, weight.numel(), num_patches * d) <= INT32_MAX
+
+
+def embed_plan(images, ids, wf, bias, pos, out, patch_size: int, *, channels_last: bool, tf32: bool, arch) -> list:
+    """The launch [(kernel, grid, args, kwargs)]: images [B, C, H, W] (any strides), ids int64 [B, K] and
+    wf [D, R] (pixel order (i, j, c) when channels_last, else (c, i, j)), bias [D] / pos [L, D] / None,
+    out [B, K, D]; all but images contiguous."""
     from fastssl.kernels.masked_patch_embed import _masked_patch_embed_fwd_kernel
 
+    b, k = ids.shape
+    m, d = b * k, wf.shape[0]
+    cfg = triton_config(arch)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(d, cfg["BLOCK_N"]))
+    args = (images, ids, wf, bias if bias is not None else wf, pos if pos is not None else wf, out, m, k, d,
+            images.shape[-1] // patch_size, *images.stride())
+    kw = dict(P=patch_size, C=images.shape[1], CHANNELS_LAST=channels_last, HAS_BIAS=bias is not None,
+              HAS_POS=pos is not None, DOT_PRECISION="tf32" if tf32 else "ieee", **cfg)
+    return [(_masked_patch_embed_fwd_kernel, grid, args, kw)]
+
+
+def _triton(images, weight, bias, pos, patch_size, ids_keep):
     b, k = ids_keep.shape
     d = weight.shape[0]
-    r = weight[0].numel()
-    m = b * k
     out = torch.empty(b, k, d, dtype=images.dtype, device=images.device)
-    wf = weight.reshape(d, r).contiguous()
-    ids = ids_keep.contiguous()
-    if images.is_cuda:
-        bm, bn, br, warps, upcast = 64, 64, 32, 4, False
-    else:  # interpreter: small tiles so tiny shapes span several programs and reduction steps
-        bm, bn, br, warps, upcast = 16, 16, 16, 1, True
+    channels_last = is_channels_last(images)
+    # the weight in the kernel's pixel order (channels_last: (i, j, c), one D x R copy) and every
+    # pointer but the image contiguous (read as flat arrays)
+    wf = (weight.permute(0, 2, 3, 1) if channels_last else weight).reshape(d, -1).contiguous()
     tf32 = images.dtype == torch.float32 and images.is_cuda and torch.backends.cudnn.allow_tf32
-    grid = (triton.cdiv(m, bm), triton.cdiv(d, bn))
-    with torch.cuda.device(images.device) if images.is_cuda else contextlib.nullcontext():
-        _masked_patch_embed_fwd_kernel[grid](
-            images, ids, wf, bias if bias is not None else wf, pos.contiguous() if pos is not None else wf, out,
-            m, k, d, r, images.shape[-1] // patch_size, *images.stride(), P=patch_size,
-            HAS_BIAS=bias is not None, HAS_POS=pos is not None, UPCAST=upcast,
-            DOT_PRECISION="tf32" if tf32 else "ieee", BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=br, num_warps=warps)
+    plan = embed_plan(images, ids_keep.contiguous(), wf, bias.contiguous() if bias is not None else None,
+                      pos.contiguous() if pos is not None else None, out, patch_size, channels_last=channels_last,
+                      tf32=tf32, arch=device_arch(images))
+    launch(plan, images)
     return out
 
 
@@ -112,7 +144,8 @@ def _triton(images, weight, bias, pos, patch_size, ids_keep):
 def _masked_patch_embed_op(images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            pos_embed: torch.Tensor | None, patch_size: int, ids_keep: torch.Tensor) -> torch.Tensor:
     backend = choose_backend(images, ("ref", "triton", "native"))
-    if backend == "triton" and images.dtype != torch.float64:
+    if backend == "triton" and images.dtype != torch.float64 and fits_int32(
+            images, weight, ids_keep.numel(), pos_embed.shape[0] if pos_embed is not None else 0):
         return _triton(images, weight, bias, pos_embed, patch_size, ids_keep)
     if backend == "ref":
         return masked_patch_embed_ref(images, weight, bias, pos_embed, patch_size, ids_keep).contiguous()

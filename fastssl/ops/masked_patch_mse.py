@@ -21,12 +21,12 @@ mean and variance are computed on (x - x_first), so a constant patch gives an ex
 never NaN, also for 16-bit inputs and under autocast. Error bound enforced by the tests: the 2x rule
 of tests/helpers against the float64 reference. Back ends: CUDA -> Triton
 ``fastssl.kernels.masked_patch_mse`` (fwd and bwd); CPU -> gather of the masked patches in torch;
-``FASTSSL_BACKEND=ref`` -> :func:`masked_patch_mse_ref`.
+``FASTSSL_BACKEND=ref`` -> :func:`masked_patch_mse_ref`. Triton launch: images through their strides
+(channels_last: one contiguous run per patch row), pred and mask contiguous (a strided view is
+copied); B*L or one sample's span at or over 2**31 elements takes the torch path.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -36,7 +36,16 @@ except ImportError:  # pragma: no cover
     triton = None
 
 from fastssl.ops._backend import choose_backend
-from fastssl.ops._checks import check_patch, check_same, check_tensor, patch_view
+from fastssl.ops._checks import (
+    INT32_MAX,
+    check_patch,
+    check_same,
+    check_tensor,
+    device_arch,
+    is_channels_last,
+    launch,
+    patch_view,
+)
 
 EPS = 1e-6
 MAX_TRITON_NPIX = 8192  # whole patches in registers
@@ -115,48 +124,74 @@ def _native_backward(grad, pred, images, w, patch_size, norm_pix):
     return dpred
 
 
-def _triton_args(pred, images, patch_size):
-    b, n, npix = pred.shape
+def triton_config(npix: int, arch: tuple[int, int] | None) -> dict:
+    """Tiles for patches of ``npix`` values on compute capability ``arch`` (None: the interpreter)."""
     block_p = triton.next_power_of_2(npix)
-    block_m = max(1, min(16, 4096 // block_p)) if pred.is_cuda else 4
-    return dict(M=b * n, L=n, GW=images.shape[-1] // patch_size, s_b=images.stride(0), s_c=images.stride(1),
-                s_h=images.stride(2), s_w=images.stride(3), P=patch_size, C=images.shape[1], NPIX=npix,
-                BLOCK_M=block_m, BLOCK_P=block_p, num_warps=4 if pred.is_cuda else 1)
+    if arch is None:
+        return dict(BLOCK_M=4, BLOCK_P=block_p, num_warps=1)
+    # whole patches per program, at most 4096 values live (no spills on sm80/86/89/90:
+    # tests/ops/test_mae_kernels_aot.py)
+    return dict(BLOCK_M=max(1, min(16, 4096 // block_p)), BLOCK_P=block_p, num_warps=4)
+
+
+def _kernel_args(pred, images, patch_size: int, norm_pix: bool, arch) -> tuple[tuple, dict]:
+    b, n, npix = pred.shape
+    c = images.shape[1]
+    cfg = triton_config(npix, arch)
+    args = (b * n, n, images.shape[-1] // patch_size, *images.stride())
+    return args, dict(P=patch_size, C=c, NPIX=npix, NORM_PIX=norm_pix, CHANNELS_LAST=is_channels_last(images), **cfg)
+
+
+def fwd_plan(pred, images, w, err, patch_size: int, norm_pix: bool, *, arch) -> list:
+    """The forward launch: pred [B, L, NPIX], w [B*L], err fp32 [B*L] contiguous; images any strides."""
+    from fastssl.kernels.masked_patch_mse import _masked_patch_mse_fwd_kernel
+
+    args, kw = _kernel_args(pred, images, patch_size, norm_pix, arch)
+    grid = (triton.cdiv(args[0], kw["BLOCK_M"]),)
+    return [(_masked_patch_mse_fwd_kernel, grid, (pred, images, w, err, *args), kw)]
+
+
+def bwd_plan(pred, images, w, coef, dpred, patch_size: int, norm_pix: bool, *, arch) -> list:
+    """The backward launch: as :func:`fwd_plan`, coef fp32 [1], dpred like pred (contiguous)."""
+    from fastssl.kernels.masked_patch_mse import _masked_patch_mse_bwd_kernel
+
+    args, kw = _kernel_args(pred, images, patch_size, norm_pix, arch)
+    grid = (triton.cdiv(args[0], kw["BLOCK_M"]),)
+    return [(_masked_patch_mse_bwd_kernel, grid, (pred, images, w, coef, dpred, *args), kw)]
+
+
+def fits_int32(pred: torch.Tensor, images: torch.Tensor) -> bool:
+    """The kernels' 32-bit offsets hold: the rows B*L and one sample's span."""
+    span = sum((n - 1) * s for n, s in zip(images.shape[1:], images.stride()[1:]))
+    return max(pred.shape[0] * pred.shape[1], span) <= INT32_MAX
 
 
 def _triton(pred, images, w, patch_size, norm_pix):
-    from fastssl.kernels.masked_patch_mse import _masked_patch_mse_fwd_kernel
-
-    kw = _triton_args(pred, images, patch_size)
-    err = torch.empty(kw["M"], dtype=torch.float32, device=pred.device)
-    with torch.cuda.device(pred.device) if pred.is_cuda else contextlib.nullcontext():
-        _masked_patch_mse_fwd_kernel[(triton.cdiv(kw["M"], kw["BLOCK_M"]),)](
-            pred.contiguous(), images, w, err, NORM_PIX=norm_pix, **kw)
+    err = torch.empty(w.numel(), dtype=torch.float32, device=pred.device)
+    launch(fwd_plan(pred.contiguous(), images, w.contiguous(), err, patch_size, norm_pix, arch=device_arch(pred)),
+           pred)
     wf = w.float()
     return (err * wf).sum() / wf.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def _triton_backward(grad, pred, images, w, patch_size, norm_pix):
-    from fastssl.kernels.masked_patch_mse import _masked_patch_mse_bwd_kernel
-
-    kw = _triton_args(pred, images, patch_size)
     coef = (grad.float() / w.float().sum().clamp_min(torch.finfo(torch.float32).tiny)).reshape(1)
     dpred = torch.empty_like(pred, memory_format=torch.contiguous_format)
-    with torch.cuda.device(pred.device) if pred.is_cuda else contextlib.nullcontext():
-        _masked_patch_mse_bwd_kernel[(triton.cdiv(kw["M"], kw["BLOCK_M"]),)](
-            pred.contiguous(), images, w, coef, dpred, NORM_PIX=norm_pix, **kw)
+    launch(bwd_plan(pred.contiguous(), images, w.contiguous(), coef, dpred, patch_size, norm_pix,
+                    arch=device_arch(pred)), pred)
     return dpred
 
 
-def _use_triton(pred):
+def _use_triton(pred, images):
     backend = choose_backend(pred, ("ref", "triton", "native"))
-    return backend, (backend == "triton" and pred.dtype != torch.float64 and pred.shape[-1] <= MAX_TRITON_NPIX)
+    return backend, (backend == "triton" and pred.dtype != torch.float64 and pred.shape[-1] <= MAX_TRITON_NPIX
+                     and fits_int32(pred, images))
 
 
 @torch.library.custom_op("fastssl::masked_patch_mse", mutates_args=())
 def _masked_patch_mse_op(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int,
                          norm_pix: bool) -> torch.Tensor:
-    backend, tri = _use_triton(pred)
+    backend, tri = _use_triton(pred, images)
     w = mask.reshape(-1)
     if tri:
         return _triton(pred, images, w, patch_size, norm_pix)
@@ -174,7 +209,7 @@ def _(pred, images, mask, patch_size, norm_pix):
 @torch.library.custom_op("fastssl::masked_patch_mse_backward", mutates_args=())
 def _masked_patch_mse_backward_op(grad: torch.Tensor, pred: torch.Tensor, images: torch.Tensor,
                                   mask: torch.Tensor, patch_size: int, norm_pix: bool) -> torch.Tensor:
-    _, tri = _use_triton(pred)
+    _, tri = _use_triton(pred, images)
     fn = _triton_backward if tri else _native_backward
     return fn(grad, pred, images, mask.reshape(-1), patch_size, norm_pix)
 

@@ -23,16 +23,22 @@ keys are kept (ties between draws, probability ~L^2/2^33, go to the lower positi
 computes Philox in int64 torch ops, bit-identical to Triton's ``tl.randint`` (tested), so **CPU and
 CUDA give the same masks** for the same seed.
 
+No host sync: the seed stays on the host (an int64 CPU tensor, read there) and reaches the kernel as a
+scalar launch argument; nothing is copied to the device before the launch (tested under
+``torch.cuda.set_sync_debug_mode("error")``). Under CUDA-graph capture the seed is captured with the
+launch: every replay of the graph draws the masks of the captured seed (draw masks outside the
+graph, or capture per step, for fresh ones).
+
 Back ends (``fastssl.ops._backend``): CUDA -> the Triton kernel ``fastssl.kernels.random_masking``
 (L <= 4096), CPU -> argsort of the keys in torch, ``FASTSSL_BACKEND=ref`` -> :func:`random_masking_ref`
 on the same keys (the original algorithm, which returns ids_keep in key order, not sorted). The op is
-``torch.ops.fastssl.random_masking(seed, batch, num_patches, len_keep)`` (no gradients: integer
+``torch.ops.fastssl.random_masking(seed, batch, num_patches, len_keep, device=None)`` with ``seed`` a
+one-element int64 CPU tensor and the outputs on ``device`` (default cpu) (no gradients: integer
 outputs and a 0/1 mask).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -43,6 +49,7 @@ except ImportError:  # pragma: no cover
     triton = None
 
 from fastssl.ops._backend import choose_backend
+from fastssl.ops._checks import launch
 
 MAX_TRITON_L = 4096  # the Triton kernel keeps a whole row in registers
 INDEX_BITS = 20  # key = (draw << 20) | l: L < 2**20
@@ -66,15 +73,16 @@ def check_mask_ratio(mask_ratio) -> float:
     return float(mask_ratio)
 
 
-def philox_uint32(seed: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def philox_uint32(seed, offsets: torch.Tensor) -> torch.Tensor:
     """Triton's ``tl.randint(seed, offsets)`` in int64 torch ops: Philox4x32-10 with key (seed low,
     seed high 32 bits) and counter (offset, 0, 0, 0); returns the first output word, int64 in [0, 2^32).
-    Products of two 32-bit words wrap in int64 with the same low 64 bits as the unsigned product."""
+    ``seed``: a Python int or an int64 CPU tensor (read on the host), in [0, 2**62). Products of two
+    32-bit words wrap in int64 with the same low 64 bits as the unsigned product."""
     c0 = offsets.to(torch.int64) & _M32
     c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
-    seed = seed.to(torch.int64)
+    seed = int(seed)
     k0, k1 = seed & _M32, (seed >> 32) & _M32
     for _ in range(10):
         p0, p2 = c0 * _PHILOX_ROUND_A, c2 * _PHILOX_ROUND_B
@@ -84,10 +92,11 @@ def philox_uint32(seed: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return c0
 
 
-def masking_keys(seed: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
-    """The per-patch sort keys int64 [B, L] (the "noise" of the original code, as integers)."""
-    pos = torch.arange(num_patches, device=seed.device)
-    offs = torch.arange(batch, device=seed.device)[:, None] * num_patches + pos
+def masking_keys(seed, batch: int, num_patches: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The per-patch sort keys int64 [B, L] (the "noise" of the original code, as integers) on ``device``
+    (default: the CPU). ``seed``: a Python int or an int64 CPU tensor."""
+    pos = torch.arange(num_patches, device=device)
+    offs = torch.arange(batch, device=device)[:, None] * num_patches + pos
     return (philox_uint32(seed, offs) << INDEX_BITS) | pos
 
 
@@ -105,47 +114,58 @@ def random_masking_ref(noise: torch.Tensor, len_keep: int):
     return ids_keep, ids_restore, mask
 
 
-def _native(seed, batch, num_patches, len_keep):
-    keys = masking_keys(seed, batch, num_patches)
+def _native(seed: int, batch, num_patches, len_keep, device):
+    keys = masking_keys(seed, batch, num_patches, device)
     order = keys.argsort(dim=1)
     ids_keep = order[:, :len_keep].sort(dim=1).values
-    kept = torch.zeros(batch, num_patches, dtype=torch.bool, device=seed.device).scatter_(1, ids_keep, True)
+    kept = torch.zeros(batch, num_patches, dtype=torch.bool, device=device).scatter_(1, ids_keep, True)
     kept_upto = kept.cumsum(1)
-    pos = torch.arange(num_patches, device=seed.device)
+    pos = torch.arange(num_patches, device=device)
     ids_restore = torch.where(kept, kept_upto - 1, len_keep + pos - kept_upto)
     return ids_keep, ids_restore, (~kept).float()
 
 
-def _triton(seed, batch, num_patches, len_keep):
-    from fastssl.kernels.random_masking import _random_masking_kernel
-
-    dev = seed.device
-    ids_keep = torch.empty(batch, len_keep, dtype=torch.int64, device=dev)
-    ids_restore = torch.empty(batch, num_patches, dtype=torch.int64, device=dev)
-    mask = torch.empty(batch, num_patches, dtype=torch.float32, device=dev)
+def triton_config(num_patches: int) -> dict:
     block_l = triton.next_power_of_2(num_patches)
     chunk = max(1, min(block_l, 4096 // block_l))  # <= 4096 compares live at once
-    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
-        _random_masking_kernel[(batch,)](seed.reshape(1), ids_keep, ids_restore, mask, num_patches, len_keep,
-                                         BLOCK_L=block_l, CHUNK=chunk, num_warps=4)
-    return ids_keep, ids_restore, mask
+    return dict(BLOCK_L=block_l, CHUNK=chunk, num_warps=4)
+
+
+def masking_plan(seed: int, ids_keep, ids_restore, mask) -> list:
+    """The launch: seed a Python int in [0, 2**62) (a scalar kernel argument), outputs contiguous."""
+    from fastssl.kernels.random_masking import _random_masking_kernel
+
+    batch, num_patches = mask.shape
+    return [(_random_masking_kernel, (batch,), (seed, ids_keep, ids_restore, mask, num_patches, ids_keep.shape[1]),
+             triton_config(num_patches))]
 
 
 @torch.library.custom_op("fastssl::random_masking", mutates_args=())
-def _random_masking_op(seed: torch.Tensor, batch: int, num_patches: int,
-                       len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    backend = choose_backend(seed, ("ref", "triton", "native"))
+def _random_masking_op(seed: torch.Tensor, batch: int, num_patches: int, len_keep: int,
+                       device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """seed: int64 one-element CPU tensor (read on the host: no device copy, no sync); outputs on
+    ``device`` (default: the CPU)."""
+    if seed.device.type != "cpu" or seed.dtype != torch.int64 or seed.numel() != 1:
+        raise ValueError(f"seed must be a one-element int64 CPU tensor (its value is a kernel argument), got "
+                         f"{seed.dtype} {tuple(seed.shape)} on {seed.device}")
+    dev = torch.device("cpu") if device is None else device
+    s = int(seed)  # a host read of a CPU tensor
+    ids_keep = torch.empty(batch, len_keep, dtype=torch.int64, device=dev)
+    backend = choose_backend(ids_keep, ("ref", "triton", "native"))
     if backend == "triton" and num_patches <= MAX_TRITON_L:
-        return _triton(seed, batch, num_patches, len_keep)
+        ids_restore = torch.empty(batch, num_patches, dtype=torch.int64, device=dev)
+        mask = torch.empty(batch, num_patches, dtype=torch.float32, device=dev)
+        launch(masking_plan(s, ids_keep, ids_restore, mask), ids_keep)
+        return ids_keep, ids_restore, mask
     if backend == "ref":
-        ids_keep, ids_restore, mask = random_masking_ref(masking_keys(seed, batch, num_patches), len_keep)
+        ids_keep, ids_restore, mask = random_masking_ref(masking_keys(s, batch, num_patches, dev), len_keep)
         return ids_keep.clone(), ids_restore, mask
-    return _native(seed, batch, num_patches, len_keep)
+    return _native(s, batch, num_patches, len_keep, dev)
 
 
 @_random_masking_op.register_fake
-def _(seed, batch, num_patches, len_keep):
-    dev = seed.device
+def _(seed, batch, num_patches, len_keep, device=None):
+    dev = torch.device("cpu") if device is None else device
     return (torch.empty(batch, len_keep, dtype=torch.int64, device=dev),
             torch.empty(batch, num_patches, dtype=torch.int64, device=dev),
             torch.empty(batch, num_patches, dtype=torch.float32, device=dev))
@@ -177,5 +197,5 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: t
         raise ValueError(f"batch * num_patches must be < 2**31 and num_patches < 2**{INDEX_BITS}, got "
                          f"{batch} x {num_patches}")
     ratio = check_mask_ratio(mask_ratio)
-    seed = draw_seed(generator).to(torch.device("cpu") if device is None else torch.device(device))
-    return torch.ops.fastssl.random_masking(seed, batch, num_patches, num_keep(num_patches, ratio))
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    return torch.ops.fastssl.random_masking(draw_seed(generator), batch, num_patches, num_keep(num_patches, ratio), dev)

@@ -18,12 +18,12 @@ deterministic), pos_embed (dout summed over the batch).
 
 Back ends: CUDA -> Triton ``fastssl.kernels.unshuffle`` (fwd and bwd); CPU -> gather + where in
 torch; ``FASTSSL_BACKEND=ref`` -> :func:`unshuffle_ref`. Values are copied, so every back end is
-exact (gradients: sums in fp32).
+exact (gradients: sums in fp32). Triton launch: x_visible is read through its batch and token strides
+(the decoder's ``x[:, 1:]`` is not copied; a view whose columns are strided is), the other tensors are
+passed contiguous; a sample whose offsets pass 2**31 elements takes the torch path.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -33,7 +33,16 @@ except ImportError:  # pragma: no cover
     triton = None
 
 from fastssl.ops._backend import choose_backend
-from fastssl.ops._checks import autocast_dtype, check_id_range, check_ids, check_same, check_tensor
+from fastssl.ops._checks import (
+    INT32_MAX,
+    autocast_dtype,
+    check_id_range,
+    check_ids,
+    check_same,
+    check_tensor,
+    device_arch,
+    launch,
+)
 
 BACKENDS = {"unshuffle": {"cpu": "native: gather + where", "cuda": "triton: one-pass fwd / scatter bwd"}}
 
@@ -75,50 +84,77 @@ def _native_backward(grad, ids, k, need_x, need_mt, need_pos):
     return dx, dmt, dpos
 
 
-def _cfg(x):
-    block_d = min(128, triton.next_power_of_2(x.shape[-1]))
-    return (32, block_d, 4) if x.is_cuda else (8, min(block_d, 16), 1)
+def triton_config(d: int, arch: tuple[int, int] | None) -> dict:
+    """Tiles for width ``d`` on compute capability ``arch`` (None: the interpreter, small tiles)."""
+    block_d = min(128, triton.next_power_of_2(d))
+    if arch is None:
+        return dict(BLOCK_L=8, BLOCK_D=min(block_d, 16), num_warps=1)
+    # 32 positions x up to 128 columns, 4 warps: no spills on sm80/86/89/90 (tests/ops/test_mae_kernels_aot.py)
+    return dict(BLOCK_L=32, BLOCK_D=block_d, num_warps=4)
 
 
-def _triton(x, mt, ids, pos):
+def fwd_plan(x, mt, ids, pos, out, *, arch) -> list:
+    """The forward launch: x [B, K, D] with unit column stride (rows through its strides), the rest contiguous."""
     from fastssl.kernels.unshuffle import _unshuffle_fwd_kernel
 
     b, k, d = x.shape
     n = ids.shape[1]
+    cfg = triton_config(d, arch)
+    args = (x, mt, ids, pos if pos is not None else mt, out, n, k, d, x.stride(0), x.stride(1))  # mt: unread
+    return [(_unshuffle_fwd_kernel, (b, triton.cdiv(n, cfg["BLOCK_L"])), args, dict(HAS_POS=pos is not None, **cfg))]
+
+
+def bwd_plan(grad, ids, dx, part, *, arch) -> list:
+    """The backward launch: grad [B, L, D], ids [B, L], dx [B, K, D], part fp32 [B, D], all contiguous."""
+    from fastssl.kernels.unshuffle import _unshuffle_bwd_kernel
+
+    b, n, d = grad.shape
+    cfg = triton_config(d, arch)
+    return [(_unshuffle_bwd_kernel, (b, triton.cdiv(d, cfg["BLOCK_D"])), (grad, ids, dx, part, n, dx.shape[1], d),
+             cfg)]
+
+
+def _rows_view(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its columns are contiguous (the kernel reads rows through the strides), else a copy."""
+    return x if x.stride(2) == 1 else x.contiguous()
+
+
+def fits_int32(x: torch.Tensor, n: int) -> bool:
+    """The kernels' 32-bit offsets inside a sample hold: x's per-sample span, L*D."""
+    b, k, d = x.shape
+    return max((k - 1) * x.stride(1) + (d - 1) * x.stride(2), n * d) <= INT32_MAX
+
+
+def _triton(x, mt, ids, pos):
+    b, k, d = x.shape
+    n = ids.shape[1]
     out = torch.empty(b, n, d, dtype=x.dtype, device=x.device)
-    bl, bd, warps = _cfg(x)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _unshuffle_fwd_kernel[(b, triton.cdiv(n, bl))](
-            x.contiguous(), mt.contiguous(), ids.contiguous(), pos.contiguous() if pos is not None else x, out,
-            n, k, d, HAS_POS=pos is not None, BLOCK_L=bl, BLOCK_D=bd, num_warps=warps)
+    plan = fwd_plan(_rows_view(x), mt.contiguous(), ids.contiguous(), pos.contiguous() if pos is not None else None,
+                    out, arch=device_arch(x))
+    launch(plan, x, strided=("X",))
     return out
 
 
 def _triton_backward(grad, ids, k, need_x, need_mt, need_pos):
-    from fastssl.kernels.unshuffle import _unshuffle_bwd_kernel
-
     b, n, d = grad.shape
     grad = grad.contiguous()
     dx = torch.zeros(b, k, d, dtype=grad.dtype, device=grad.device)  # every row is written; zeros for safety
     part = torch.empty(b, d, dtype=torch.float32, device=grad.device)
-    bl, bd, warps = _cfg(grad)
-    with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
-        _unshuffle_bwd_kernel[(b, triton.cdiv(d, bd))](grad, ids.contiguous(), dx, part, n, k, d,
-                                                       BLOCK_L=bl, BLOCK_D=bd, num_warps=warps)
+    launch(bwd_plan(grad, ids.contiguous(), dx, part, arch=device_arch(grad)), grad)
     dmt = part.sum(0).to(grad.dtype) if need_mt else None
     dpos = grad.sum(0, dtype=torch.float32).to(grad.dtype) if need_pos else None
     return (dx if need_x else None), dmt, dpos
 
 
-def _use_triton(x):
+def _use_triton(x, n: int):
     backend = choose_backend(x, ("ref", "triton", "native"))
-    return backend, backend == "triton" and x.dtype != torch.float64
+    return backend, backend == "triton" and x.dtype != torch.float64 and fits_int32(x, n)
 
 
 @torch.library.custom_op("fastssl::unshuffle", mutates_args=())
 def _unshuffle_op(x_visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor,
                   pos_embed: torch.Tensor | None) -> torch.Tensor:
-    backend, tri = _use_triton(x_visible)
+    backend, tri = _use_triton(x_visible, ids_restore.shape[1])
     if tri:
         return _triton(x_visible, mask_token, ids_restore, pos_embed)
     if backend == "ref":
@@ -135,7 +171,7 @@ def _(x_visible, mask_token, ids_restore, pos_embed):
 def _unshuffle_backward_op(grad: torch.Tensor, ids_restore: torch.Tensor, num_visible: int, need_x: bool,
                            need_mask_token: bool, need_pos: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Always returns three tensors (zeros-size placeholders for the ones not needed)."""
-    _, tri = _use_triton(grad)
+    _, tri = _use_triton(grad, grad.shape[1])
     fn = _triton_backward if tri else _native_backward
     dx, dmt, dpos = fn(grad, ids_restore, num_visible, need_x, need_mt=need_mask_token, need_pos=need_pos)
     empty = grad.new_empty(0)

@@ -145,3 +145,15 @@ def test_cuda_same_masks_as_cpu():
     cpu = random_masking(64, 196, 0.75, generator=g1)
     cuda = random_masking(64, 196, 0.75, generator=g2, device="cuda")
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, cuda))
+
+
+def test_op_seed_is_a_host_tensor():
+    """The op reads its seed on the host (a kernel argument, never copied to the device): a one-element
+    int64 CPU tensor, with the outputs on ``device``; anything else is refused in one line."""
+    seed = torch.tensor(77, dtype=torch.int64)
+    ids_keep, ids_restore, mask = torch.ops.fastssl.random_masking(seed, 2, 9, 3, torch.device("cpu"))
+    ref_keep, _, ref_mask = random_masking_ref(masking_keys(77, 2, 9), 3)
+    assert torch.equal(mask, ref_mask) and torch.equal(ids_keep, ref_keep.sort(dim=1).values)
+    for bad in (torch.tensor(77, dtype=torch.int32), torch.tensor([1, 2]), torch.tensor(7.0)):
+        with pytest.raises(ValueError, match="seed must be a one-element int64 CPU tensor"):
+            torch.ops.fastssl.random_masking(bad, 2, 9, 3)
