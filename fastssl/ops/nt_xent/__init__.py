@@ -20,8 +20,8 @@ runs in the kernels' fp32 epilogue. Back ends (``fastssl.ops._backend``):
 - ``FASTSSL_BACKEND=ref``: ``*_ref``, the full-matrix spec (O(N^2) memory; ref.py).
 
 torch.library: the work is done by the ops ``torch.ops.fastssl.{nt_xent,info_nce}_{fwd,bwd}`` (register.py;
-``triton_op`` + ``wrap_triton`` for CUDA, ``register_kernel("cpu")`` for the blockwise path, fake
-implementations, ``register_autograd``), so ``torch.compile(fullgraph=True)`` traces through the
+``custom_op`` for CUDA (not ``triton_op``: register.py says why), ``register_kernel("cpu")`` for the
+blockwise path, fake implementations, ``register_autograd``), so ``torch.compile(fullgraph=True)`` traces through the
 public functions (tested: compiled == eager on CPU; on CUDA in the GPU check). The back end is read
 from ``FASTSSL_BACKEND`` in the public function at every call; torch.compile guards on that read, so a
 change recompiles instead of going stale. Launches run under ``torch.cuda.device(z.device)``.

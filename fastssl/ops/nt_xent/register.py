@@ -1,11 +1,18 @@
 """torch.library registration of the nt_xent / info_nce ops ``torch.ops.fastssl.*``.
 
-``{nt_xent,info_nce}_{fwd,bwd}`` and ``nt_xent_gathered_bwd`` are ``triton_op``s: the Triton path
-(launch.py, through ``wrap_triton``) for CUDA tensors, and a ``register_kernel("cpu")`` for CPU tensors
-(the blockwise path, or the Triton kernels under the interpreter when the back end is "triton"). The
-blockwise path of CUDA tensors goes through the ``*_native`` ``custom_op``s, opaque to torch.compile so
-that their Python block loop is never unrolled. Every op has a fake implementation; the forward ops
-have ``register_autograd``, so ``torch.compile(fullgraph=True)`` traces through the public functions.
+``{nt_xent,info_nce}_{fwd,bwd}`` and ``nt_xent_gathered_bwd`` are ``custom_op``s: the Triton path
+(launch.py) for CUDA tensors, and a ``register_kernel("cpu")`` for CPU tensors (the blockwise path, or the
+Triton kernels under the interpreter when the back end is "triton"). The blockwise path of CUDA tensors
+goes through the ``*_native`` ``custom_op``s. Every op has a fake implementation; the forward ops have
+``register_autograd``, so ``torch.compile(fullgraph=True)`` traces through the public functions.
+
+Why ``custom_op`` and not ``triton_op``: torch.compile looks inside a ``triton_op`` and analyses each
+Triton kernel's IR to find which inputs it writes; with Triton >= 3.7 that analysis can fail (runtime
+scalars are dropped from the IR signature: pytorch#170049, fixed in pytorch PR #170808), and torch then
+assumes every input is mutated (copies of every input; in some versions the kernel is dropped). A
+``custom_op`` is opaque to torch.compile: it runs as registered, with the schema's ``mutates_args=()``
+(every output freshly allocated by the op, no input written), so the ops depend on no version's analysis.
+Same bits either way: only the registration changed (tests: opcheck, compile == eager).
 
 The public functions pass the back end ("triton" or "native") as an argument, so the env var is read
 outside the ops (at every call; torch.compile guards on it).
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.library import custom_op, triton_op
+from torch.library import custom_op
 
 from fastssl.ops.nt_xent.cpu import (
     native_info_nce_bwd,
@@ -44,7 +51,7 @@ def nt_xent_fwd_native(z: Tensor, tau: Tensor, normalize: bool) -> tuple[Tensor,
 
 
 @nt_xent_fwd_native.register_fake
-def _(z, tau, normalize):
+def _nt_xent_fwd_fake(z, tau, normalize):
     cd = compute_dtype(z.dtype)
     r = z.shape[0]
     return z.new_empty((), dtype=cd), z.new_empty(r, dtype=cd), z.new_empty(r, dtype=cd)
@@ -57,11 +64,11 @@ def nt_xent_bwd_native(grad: Tensor, z: Tensor, tau: Tensor, lse: Tensor, rn: Te
 
 
 @nt_xent_bwd_native.register_fake
-def _(grad, z, tau, lse, rn, normalize, need_dtau):
+def _nt_xent_bwd_fake(grad, z, tau, lse, rn, normalize, need_dtau):
     return torch.empty_like(z), torch.empty_like(tau)
 
 
-@triton_op("fastssl::nt_xent_fwd", mutates_args=())
+@custom_op("fastssl::nt_xent_fwd", mutates_args=())
 def nt_xent_fwd(z: Tensor, tau: Tensor, normalize: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """NT-Xent forward on Z = [z1; z2] (raw rows): (mean loss, per-row lse, per-row 1/|z|)."""
     if backend != "triton":
@@ -69,7 +76,7 @@ def nt_xent_fwd(z: Tensor, tau: Tensor, normalize: bool, backend: str) -> tuple[
     return triton_nt_xent_fwd(z, tau, normalize)
 
 
-@triton_op("fastssl::nt_xent_bwd", mutates_args=())
+@custom_op("fastssl::nt_xent_bwd", mutates_args=())
 def nt_xent_bwd(grad: Tensor, z: Tensor, tau: Tensor, lse: Tensor, rn: Tensor, normalize: bool, need_dtau: bool,
                 backend: str) -> tuple[Tensor, Tensor]:
     """dLoss/dZ (input dtype) and dLoss/dtau (tau's shape; zeros unless need_dtau)."""
@@ -129,7 +136,7 @@ def _(grads, keys, tau, lse, rnk, offset, normalize, need_ps):
     return _gathered_bwd_fake(grads, keys, lse, need_ps)
 
 
-@triton_op("fastssl::nt_xent_gathered_bwd", mutates_args=())
+@custom_op("fastssl::nt_xent_gathered_bwd", mutates_args=())
 def nt_xent_gathered_bwd(grads: Tensor, keys: Tensor, tau: Tensor, lse: Tensor, rnk: Tensor, offset: int,
                          normalize: bool, need_ps: bool, backend: str) -> tuple[Tensor, Tensor]:
     """Gathered NT-Xent: d(sum_r grads[r] L_r)/dz for this rank's m = 2nW / W rows keys[offset : offset + m].
@@ -158,7 +165,7 @@ def info_nce_fwd_native(q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, normaliz
 
 
 @info_nce_fwd_native.register_fake
-def _(q, k, pos, tau, normalize, self_offset, exclude_self):
+def _info_nce_fwd_fake(q, k, pos, tau, normalize, self_offset, exclude_self):
     cd = compute_dtype(q.dtype)
     return (q.new_empty((), dtype=cd), q.new_empty(q.shape[0], dtype=cd), q.new_empty(q.shape[0], dtype=cd),
             q.new_empty(k.shape[0], dtype=cd))
@@ -173,13 +180,14 @@ def info_nce_bwd_native(grad: Tensor, q: Tensor, k: Tensor, pos: Tensor, tau: Te
 
 
 @info_nce_bwd_native.register_fake
-def _(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq, need_dk, need_dtau):
+def _info_nce_bwd_fake(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq, need_dk,
+                       need_dtau):
     dq = torch.empty_like(q) if need_dq else q.new_empty(0)
     dk = torch.empty_like(k) if need_dk else k.new_empty(0)
     return dq, dk, torch.empty_like(tau)
 
 
-@triton_op("fastssl::info_nce_fwd", mutates_args=())
+@custom_op("fastssl::info_nce_fwd", mutates_args=())
 def info_nce_fwd(q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, normalize: bool, self_offset: int,
                  exclude_self: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """InfoNCE forward on raw queries/keys: (mean loss, per-row lse, 1/|q|, 1/|k|)."""
@@ -188,7 +196,7 @@ def info_nce_fwd(q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, normalize: bool
     return triton_info_nce_fwd(q, k, pos, tau, normalize, self_offset, exclude_self)
 
 
-@triton_op("fastssl::info_nce_bwd", mutates_args=())
+@custom_op("fastssl::info_nce_bwd", mutates_args=())
 def info_nce_bwd(grad: Tensor, q: Tensor, k: Tensor, pos: Tensor, tau: Tensor, lse: Tensor, rnq: Tensor, rnk: Tensor,
                  normalize: bool, self_offset: int, exclude_self: bool, need_dq: bool, need_dk: bool,
                  need_dtau: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -232,3 +240,34 @@ def _info_nce_backward(ctx, grad, _g_lse, _g_rnq, _g_rnk):
 
 
 info_nce_fwd.register_autograd(_info_nce_backward, setup_context=_info_nce_setup)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fake implementations of the public ops (the same shapes as their native twins)
+
+
+@nt_xent_fwd.register_fake
+def _(z, tau, normalize, backend):
+    return _nt_xent_fwd_fake(z, tau, normalize)
+
+
+@nt_xent_bwd.register_fake
+def _(grad, z, tau, lse, rn, normalize, need_dtau, backend):
+    return _nt_xent_bwd_fake(grad, z, tau, lse, rn, normalize, need_dtau)
+
+
+@nt_xent_gathered_bwd.register_fake
+def _(grads, keys, tau, lse, rnk, offset, normalize, need_ps, backend):
+    return _gathered_bwd_fake(grads, keys, lse, need_ps)
+
+
+@info_nce_fwd.register_fake
+def _(q, k, pos, tau, normalize, self_offset, exclude_self, backend):
+    return _info_nce_fwd_fake(q, k, pos, tau, normalize, self_offset, exclude_self)
+
+
+@info_nce_bwd.register_fake
+def _(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq, need_dk, need_dtau,
+      backend):
+    return _info_nce_bwd_fake(grad, q, k, pos, tau, lse, rnq, rnk, normalize, self_offset, exclude_self, need_dq,
+                              need_dk, need_dtau)
