@@ -1,7 +1,7 @@
 """Both probes at every tap, learned next to the same network at its random initialization, as a table.
 
 Features of every requested tap come from ONE pass over each split (fastssl.evaluation.taps) and are
-spilled to float32 ``.npy`` files in a temporary folder as they are computed, then probed one tap at a
+spilled to raw float32 files in a temporary folder as they are computed, then probed one tap at a
 time: the resident memory holds one tap's train + val features at most (6,000 images x 9,216 floats =
 221 MB), not all taps at once. The folder is removed when the evaluation ends (also on an error).
 
@@ -32,39 +32,32 @@ from fastssl.evaluation.taps import Taps
 def extract_taps(backbone: nn.Module, src, names: list[str], folder: Path, tag: str, image_size: int, device,
                  batch_size: int = 256, num_threads: int = 2, seed: int = 0) -> tuple[dict[str, Path], torch.Tensor]:
     """One pass of ``backbone`` (eval mode) over ``src`` with the ``eval`` recipe: each tap's features
-    ``[N, D]`` float32 written to ``folder/<tag>_<tap>.npy`` in ``src.files`` order. Returns
-    ({tap: path}, labels int64 [N])."""
+    ``[N, D]`` float32 appended batch by batch to ``folder/<tag>_<tap>.f32`` (raw rows, plain writes: nothing
+    stays mapped in memory) in ``src.files`` order. Returns ({tap: path}, labels int64 [N])."""
     from fastssl.data import make_loader
 
     loader = make_loader(src, "eval", batch_size=min(batch_size, len(src)), epoch=0, seed=seed, device=device,
                          image_size=image_size, num_threads=num_threads, drop_last=False, shuffle=False)
     taps = Taps(backbone, names)
-    n = len(src)
-    arrays: dict[str, np.ndarray] = {}
-    labels = torch.empty(n, dtype=torch.int64)
+    paths = {k: folder / f"{tag}_{k}.f32" for k in names}
+    files = {k: open(path, "wb") for k, path in paths.items()}  # noqa: SIM115 (closed in finally)
+    labels = []
     was_training = backbone.training
     backbone.eval()
-    i = 0
     try:
         for views, y in loader:
-            feats = taps(views[0])
-            if not arrays:
-                arrays = {k: np.lib.format.open_memmap(folder / f"{tag}_{k}.npy", mode="w+", dtype=np.float32,
-                                                       shape=(n, v.shape[1])) for k, v in feats.items()}
-            b = y.shape[0]
-            for k, v in feats.items():
-                arrays[k][i:i + b] = v.cpu().numpy()
-            labels[i:i + b] = y.cpu()
-            i += b
+            for k, v in taps(views[0]).items():
+                files[k].write(v.cpu().numpy().astype(np.float32, copy=False).tobytes())
+            labels.append(y.cpu())
     finally:
         backbone.train(was_training)
-    for a in arrays.values():
-        a.flush()
-    return {k: folder / f"{tag}_{k}.npy" for k in arrays}, labels
+        for f in files.values():
+            f.close()
+    return paths, torch.cat(labels)
 
 
-def _load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.load(path, mmap_mode="r").copy())
+def _load(path: Path, n: int) -> torch.Tensor:
+    return torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(n, -1))
 
 
 def evaluate_layers(backbones: dict[str, nn.Module], train_src, val_src, names: list[str], protocol: str, *,
@@ -82,7 +75,7 @@ def evaluate_layers(backbones: dict[str, nn.Module], train_src, val_src, names: 
             tr_paths, tr_y = extract_taps(backbone, train_src, names, folder, f"{which}_train", **kw)
             va_paths, va_y = extract_taps(backbone, val_src, names, folder, f"{which}_val", **kw)
             for name in names:  # one tap in memory at a time
-                tr_f, va_f = _load(tr_paths[name]), _load(va_paths[name])
+                tr_f, va_f = _load(tr_paths[name], len(tr_y)), _load(va_paths[name], len(va_y))
                 if protocol == "knn":
                     res = knn_classify(tr_f, tr_y, va_f, va_y, k=knn_k, temperature=knn_t, num_classes=num_classes)
                 else:
