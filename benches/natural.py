@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fastssl, not an installed one
+
 from fastssl.base.cache import cache_dir
 from fastssl.data.cached_folder import cached_folder
 

@@ -14,6 +14,13 @@ variants of what the network is given at evaluation:
 - ``img-norm+bn``  both.
 
 The numbers are a diagnosis, not the reported protocol (the protocol is ``python -m fastssl.eval``).
+
+    python benches/tile_diagnosis.py --checkpoint RUN --as-sampler-norm OLD_RUN
+
+writes OLD_RUN/last.pt: the run's weights as the network of ``--tile-norm tiles`` (fastssl before the fix:
+the standardization only in the tile sampler, none at evaluation). Training computes the same thing in both
+placements (tests/engine/test_tile_norm.py), so ``python -m fastssl.eval ... --checkpoint OLD_RUN`` gives the
+old protocol's numbers for the very same weights, random init included, without a second training run.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import time
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # this checkout's fastssl
 
 from fastssl.data import dataset_splits, make_loader
 from fastssl.evaluation import backbone_from_checkpoint
@@ -88,6 +97,65 @@ def probe(backbone, xtr, ytr, xva, yva, n_cls, linear_epochs: int) -> dict:
     return res
 
 
+@torch.no_grad()
+def pretext_probe(checkpoint: str, x: torch.Tensor, ring: int = 2, batch: int = 128) -> dict:
+    """The pretext accuracy (%) of the trained method on images ``x`` with the tiles as cut, with a ``ring`` px
+    border of every tile set to the tile's mean (0 after standardization), and with a central square of the same
+    area set to it instead. Much worse without the border than without the centre: the task is solved at the
+    tile edges (continuity across the gap), a shortcut the papers' gap is meant to remove."""
+    from pathlib import Path
+
+    from fastssl.base import checkpoint as ckpt_io
+    from fastssl.methods import build_method
+
+    path = Path(checkpoint)
+    ckpt = ckpt_io.load(path / "last.pt" if path.is_dir() else path, required=("model", "config"))
+    m = build_method(ckpt["config"]["method"], ckpt["config"])
+    m.load_state_dict(ckpt["model"])
+    m.eval()
+    t = m.tile
+    border = torch.ones(t, t, dtype=torch.bool)
+    border[ring:t - ring, ring:t - ring] = False
+    side = round((int(border.sum())) ** 0.5)  # a central square of (about) the ring's area
+    centre = torch.zeros(t, t, dtype=torch.bool)
+    lo = (t - side) // 2
+    centre[lo:lo + side, lo:lo + side] = True
+    hits = {"tiles": 0, f"no {ring}px border": 0, f"no centre {side}x{side}": 0}
+    g = torch.Generator().manual_seed(0)
+    for i in range(0, len(x), batch):
+        r = m.sample(x[i:i + batch], generator=g)
+        tiles = r.tiles
+        if m.tile_norm == "input":
+            tiles = m.backbone.standardize(tiles.flatten(0, 1)).view_as(tiles)
+        for key, mask in zip(hits, (None, border, centre)):
+            v = tiles if mask is None else tiles.masked_fill(mask, 0.0)
+            if m.tile_norm == "input":  # already standardized: feed the inner network
+                B = v.shape[0]
+                logits = m.head(m.backbone.net(v.flatten(0, 1)).reshape(B, -1))
+            else:
+                logits = m.logits(v)
+            hits[key] += int((logits.argmax(1) == r.labels).sum())
+    return {k: 100.0 * v / len(x) for k, v in hits.items()}
+
+
+def as_sampler_norm(checkpoint: str, out: str) -> None:
+    """Write ``out/last.pt`` (+ config.json): ``checkpoint``'s weights under ``--tile-norm tiles``."""
+    from pathlib import Path
+
+    from fastssl.base import checkpoint as ckpt_io
+
+    path = Path(checkpoint)
+    ckpt = ckpt_io.load(path / "last.pt" if path.is_dir() else path, required=("model", "config"))
+    cfg = dict(ckpt["config"])
+    if cfg.get("tile_norm") != "input":
+        raise SystemExit(f"{checkpoint}: its --tile-norm is {cfg.get('tile_norm')!r}, not 'input'")
+    cfg["tile_norm"] = "tiles"
+    model = {k.replace("backbone.net.", "backbone.", 1): v for k, v in ckpt["model"].items()}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    ckpt_io.atomic_save({"model": model, "config": cfg}, Path(out) / "last.pt")
+    (Path(out) / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -95,16 +163,31 @@ def main(argv=None) -> int:
     p.add_argument("--linear-epochs", type=int, default=0, help="also a linear probe of this many epochs (0: kNN only)")
     p.add_argument("--variants", default="as-is,bn-recal,img-norm,img-norm+bn")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--pretext", action="store_true",
+                   help="only the pretext accuracy on val images: tiles as cut, without their border, without "
+                   "their centre (pretext_probe)")
+    p.add_argument("--as-sampler-norm", default=None, metavar="OUT",
+                   help="only write OUT/last.pt: the weights as the --tile-norm tiles network (module doc)")
     a = p.parse_args(argv)
+    if a.as_sampler_norm:
+        as_sampler_norm(a.checkpoint, a.as_sampler_norm)
+        return 0
     torch.set_num_threads(2)
     learned, cfg = backbone_from_checkpoint(a.checkpoint)
     rand, _ = backbone_from_checkpoint(a.checkpoint, random_init=True)
     root = a.data or cfg["data"]
     tr_src, va_src = dataset_splits(root)
     t0 = time.perf_counter()
-    xtr, ytr = load_images(tr_src, cfg["image_size"])
+    xtr, ytr = load_images(tr_src, cfg["image_size"]) if not a.pretext else (None, None)
     xva, yva = load_images(va_src, cfg["image_size"])
     n_cls = len(tr_src.classes)
+    if a.pretext:
+        res = pretext_probe(a.checkpoint, xva)
+        print("pretext accuracy (%) on val images: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"checkpoint": a.checkpoint, "data": str(root), "pretext": res}, f, indent=1)
+        return 0
     results = {}
     for variant in a.variants.split(","):
         for which, net in (("learned", learned), ("random", rand)):
