@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from fastssl.base.argtypes import positive_int, probability  # noqa: F401  (flag types of the tile methods)
