@@ -15,12 +15,13 @@ variants of what the network is given at evaluation:
 
 The numbers are a diagnosis, not the reported protocol (the protocol is ``python -m fastssl.eval``).
 
-    python benches/tile_diagnosis.py --checkpoint RUN --as-sampler-norm OLD_RUN
+    python benches/tile_diagnosis.py --checkpoint RUN --convert tiles OLD_RUN
 
 writes OLD_RUN/last.pt: the run's weights as the network of ``--tile-norm tiles`` (fastssl before the fix:
-the standardization only in the tile sampler, none at evaluation). Training computes the same thing in both
-placements (tests/engine/test_tile_norm.py), so ``python -m fastssl.eval ... --checkpoint OLD_RUN`` gives the
-old protocol's numbers for the very same weights, random init included, without a second training run.
+the standardization only in the tile sampler, none at evaluation); ``--convert input NEW_RUN`` the reverse.
+Training computes the same thing in both placements (tests/engine/test_tile_norm.py), so
+``python -m fastssl.eval ... --checkpoint OLD_RUN`` gives the old protocol's numbers for the very same
+weights, random init included, without a second training run.
 """
 
 from __future__ import annotations
@@ -138,19 +139,24 @@ def pretext_probe(checkpoint: str, x: torch.Tensor, ring: int = 2, batch: int = 
     return {k: 100.0 * v / len(x) for k, v in hits.items()}
 
 
-def as_sampler_norm(checkpoint: str, out: str) -> None:
-    """Write ``out/last.pt`` (+ config.json): ``checkpoint``'s weights under ``--tile-norm tiles``."""
+def convert(checkpoint: str, out: str, to: str) -> None:
+    """Write ``out/last.pt`` (+ config.json): ``checkpoint``'s weights as the network of ``--tile-norm to``
+    ("tiles": the standardization only in the sampler; "input": in the backbone). Training computes the same
+    thing in both placements (tests/engine/test_tile_norm.py); only what evaluation feeds the network differs."""
     from pathlib import Path
 
     from fastssl.base import checkpoint as ckpt_io
+    from fastssl.methods._tiles import tile_norm
 
     path = Path(checkpoint)
     ckpt = ckpt_io.load(path / "last.pt" if path.is_dir() else path, required=("model", "config"))
     cfg = dict(ckpt["config"])
-    if cfg.get("tile_norm") != "input":
-        raise SystemExit(f"{checkpoint}: its --tile-norm is {cfg.get('tile_norm')!r}, not 'input'")
-    cfg["tile_norm"] = "tiles"
-    model = {k.replace("backbone.net.", "backbone.", 1): v for k, v in ckpt["model"].items()}
+    src = tile_norm(cfg)
+    if {src, to} != {"input", "tiles"}:
+        raise SystemExit(f"{checkpoint}: its --tile-norm is {src!r}; convert between 'input' and 'tiles' only")
+    cfg["tile_norm"], cfg["no_tile_norm"] = to, False
+    a, b = ("backbone.net.", "backbone.") if to == "tiles" else ("backbone.", "backbone.net.")
+    model = {(b + k[len(a):] if k.startswith(a) else k): v for k, v in ckpt["model"].items()}
     Path(out).mkdir(parents=True, exist_ok=True)
     ckpt_io.atomic_save({"model": model, "config": cfg}, Path(out) / "last.pt")
     (Path(out) / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -166,11 +172,11 @@ def main(argv=None) -> int:
     p.add_argument("--pretext", action="store_true",
                    help="only the pretext accuracy on val images: tiles as cut, without their border, without "
                    "their centre (pretext_probe)")
-    p.add_argument("--as-sampler-norm", default=None, metavar="OUT",
-                   help="only write OUT/last.pt: the weights as the --tile-norm tiles network (module doc)")
+    p.add_argument("--convert", nargs=2, default=None, metavar=("TO", "OUT"),
+                   help="only write OUT/last.pt: the weights as the --tile-norm TO network (tiles or input)")
     a = p.parse_args(argv)
-    if a.as_sampler_norm:
-        as_sampler_norm(a.checkpoint, a.as_sampler_norm)
+    if a.convert:
+        convert(a.checkpoint, a.convert[1], a.convert[0])
         return 0
     torch.set_num_threads(2)
     learned, cfg = backbone_from_checkpoint(a.checkpoint)
