@@ -1,0 +1,132 @@
+"""A natural-image set of our own making: patches of the colour photographs that scikit-image ships.
+
+``natural_root()`` returns ``<cache_dir()>/natural/photos8-v1-s<seed>-<n_train>-<n_val>-<size>/`` holding
+``train/<kk_photo>/<id>.JPEG`` and ``val/<kk_photo>/<id>.JPEG`` (ImageNet layout), generated on first use
+(atomically, under a file lock: fastssl.data.cached_folder). Nothing is downloaded: the photographs are the
+PNG/JPEG files inside the scikit-image wheel (``skimage/data/``), read straight from the installed package
+with PIL (no ``skimage.data`` call, so no pooch fetch can happen). Install with ``pip install -e ".[bench]"``.
+
+Classes: the 8 colour photographs of the wheel (astronaut, chelsea, coffee, hubble_deep_field, ihc,
+motorcycle_left, retina, rocket; motorcycle_right, the stereo partner of motorcycle_left, is left out).
+A sample is a square crop of side uniform in [``MIN_SIDE``, ``MAX_SIDE``] px (absolute pixels, so every photo
+is seen at about the same resolution: a 64-128 px crop is downsampled 1-2x, never upsampled much) resized to
+``size`` px with a box filter, saved as JPEG quality 90 (the demo's). Crops whose luma standard deviation is
+below ``MIN_STD`` (flat black sky or a fundus photo's black corners) are redrawn: every patch has content.
+
+No leakage between the splits: each photo is cut along its longer side into a train region (the first
+75%) and a val region (the last 25%), with a ``GAP`` px strip between them that neither uses, and every crop
+lies inside its own region: no val pixel is in any train image. The task is therefore "which photograph
+does this unseen part come from": colour, texture and object parts, not memorised pixels.
+
+Command line: ``python benches/natural.py`` builds it (a few seconds) and prints the root, for
+``python -m fastssl.train --data "$(python benches/natural.py)"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fastssl, not an installed one
+
+from fastssl.base.cache import cache_dir
+from fastssl.data.cached_folder import cached_folder
+
+VERSION = "v1"
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
+          "retina.jpg", "rocket.jpg")
+MIN_SIDE, MAX_SIDE = 64, 128  # crop side in source pixels
+MIN_STD = 6.0  # luma std (0..255) below which a crop is redrawn
+GAP = 8  # px between the train and the val region of a photo
+VAL_FRACTION = 0.25
+QUALITY = 90
+
+
+def photo_dir() -> Path:
+    """The ``skimage/data`` folder of the installed scikit-image (found without importing it)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("benches/natural.py needs scikit-image (its wheel ships the photographs): "
+                                  "pip install -e '.[bench]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def load_photos() -> dict[str, np.ndarray]:
+    """{class name: uint8 HxWx3} of the colour photographs."""
+    d = photo_dir()
+    return {name.split(".")[0]: np.asarray(Image.open(d / name).convert("RGB")) for name in PHOTOS}
+
+
+def regions(h: int, w: int) -> dict[str, tuple[int, int, int, int]]:
+    """{split: (y0, x0, y1, x1)}: the train region (first 75% of the longer side) and the val region (last
+    25%), GAP px apart."""
+    if w >= h:
+        cut = round(w * (1 - VAL_FRACTION))
+        return {"train": (0, 0, h, cut - GAP // 2), "val": (0, cut + GAP // 2, h, w)}
+    cut = round(h * (1 - VAL_FRACTION))
+    return {"train": (0, 0, cut - GAP // 2, w), "val": (cut + GAP // 2, 0, h, w)}
+
+
+def crop(photo: np.ndarray, region: tuple[int, int, int, int], rng: np.random.Generator, size: int) -> np.ndarray:
+    """One ``size`` px patch (uint8 HxWx3) of a random square inside ``region`` with some content."""
+    y0, x0, y1, x1 = region
+    top = min(MAX_SIDE, y1 - y0, x1 - x0)
+    if top < MIN_SIDE:
+        raise ValueError(f"region {region} is smaller than a {MIN_SIDE} px crop")
+    for _ in range(100):
+        s = int(rng.integers(MIN_SIDE, top + 1))
+        y, x = int(rng.integers(y0, y1 - s + 1)), int(rng.integers(x0, x1 - s + 1))
+        patch = photo[y:y + s, x:x + s]
+        luma = patch @ np.array([0.299, 0.587, 0.114])
+        if luma.std() >= MIN_STD:
+            break
+    return np.asarray(Image.fromarray(patch).resize((size, size), Image.BOX))
+
+
+def generate_natural(out: str | os.PathLike, seed: int = 0, n_train: int = 400, n_val: int = 100,
+                     size: int = 64) -> Path:
+    """Write ``n_train`` train and ``n_val`` val patches per photograph into ``out`` (see module doc)."""
+    out = Path(out)
+    for k, (name, photo) in enumerate(load_photos().items()):
+        reg = regions(*photo.shape[:2])
+        for split_id, (split, count) in enumerate((("train", n_train), ("val", n_val))):
+            folder = out / split / f"{k:02d}_{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                rng = np.random.default_rng([int(seed), k, split_id, i])
+                Image.fromarray(crop(photo, reg[split], rng, size)).save(folder / f"{i:06d}.JPEG", quality=QUALITY)
+    return out
+
+
+def natural_root(seed: int = 0, *, n_train: int = 400, n_val: int = 100, size: int = 64,
+                 cache: str | os.PathLike | None = None) -> Path:
+    """The set's root (train/ and val/), generated on first use under ``$FASTSSL_CACHE/natural``."""
+    base = Path(cache) if cache is not None else cache_dir() / "natural"
+    final = base / f"photos{len(PHOTOS)}-{VERSION}-s{seed}-{n_train}-{n_val}-{size}"
+
+    def fill(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        generate_natural(tmp, seed=seed, n_train=n_train, n_val=n_val, size=size)
+        return dict(version=VERSION, seed=seed, n_train=n_train, n_val=n_val, size=size, photos=PHOTOS,
+                    min_side=MIN_SIDE, max_side=MAX_SIDE, gap=GAP, val_fraction=VAL_FRACTION,
+                    seconds=round(time.perf_counter() - t0, 2))
+
+    return cached_folder(final, fill)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=400, help="train patches per photograph")
+    p.add_argument("--n-val", type=int, default=100, help="val patches per photograph")
+    p.add_argument("--size", type=int, default=64)
+    a = p.parse_args()
+    print(natural_root(a.seed, n_train=a.n_train, n_val=a.n_val, size=a.size), file=sys.stdout)
