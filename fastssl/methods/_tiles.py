@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fastssl.base.argtypes import positive_int, probability  # noqa: F401  (flag types of the tile methods)
 from fastssl.base.errors import ConfigError
 from fastssl.methods.base import Method, smallest_working_size
 from fastssl.models import MLPHead
+from fastssl.models.inputs import STANDARDIZE_EPS as EPS
+from fastssl.models.inputs import StandardizedInput
 from fastssl.ops import sample_tiles
 from fastssl.ops.sample_tiles import sample_tiles_op
 
 GRID = 3  # 3x3 cells, as in both papers
 TILE_NORMS = ("input", "tiles", "none")
-EPS = 1e-5  # sample_tiles' default: var + eps under the square root
 
 
 def tile_norm(cfg: dict) -> str:
@@ -41,35 +41,6 @@ def tile_norm(cfg: dict) -> str:
     if cfg.get("no_tile_norm"):
         return "none"
     return cfg.get("tile_norm") or "tiles"
-
-
-class StandardizedInput(nn.Module):
-    """The backbone ``net`` fed each sample standardized per channel over its own pixels:
-    ``x -> net((x - mean_hw(x)) / sqrt(var_hw(x) + eps))`` for ``x`` float ``[B, C, H, W]`` -> ``[B, feature_dim]``
-    (``forward``) or the feature map (``forward_features``). On a tile it is sample_tiles' ``normalize=True``
-    (same formula, float32 statistics, biased variance, same eps); on a whole image it is the same
-    standardization, so evaluation feeds the network the statistics training did. No parameters; statistics
-    in float32 (float64 for float64 input)."""
-
-    def __init__(self, net: nn.Module, eps: float = EPS):
-        super().__init__()
-        self.net = net
-        self.eps = eps
-        self.feature_dim = net.feature_dim
-        self.cifar_stem = getattr(net, "cifar_stem", False)
-
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        xf = x.to(acc)
-        mean = xf.mean((2, 3), keepdim=True)
-        var = xf.var((2, 3), unbiased=False, keepdim=True)
-        return ((xf - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(self.standardize(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.standardize(x))
 
 
 def tile_size(cfg: dict) -> int:

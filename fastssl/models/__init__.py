@@ -43,13 +43,13 @@ import torch
 from torch import nn
 
 from .heads import LinearHead, MLPHead
-from .inputs import INPUTS, LuminanceInput
+from .inputs import INPUTS, LuminanceInput, StandardizedInput
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from .vit import PatchEmbed, VisionTransformer, check_patch_grid, vit_base, vit_small, vit_tiny
 
 __all__ = [
     "ARCHS", "build_backbone", "check_backbone_input", "describe_backbone", "load_backbone", "save_backbone",
-    "to_channels_last", "LuminanceInput",
+    "to_channels_last", "LuminanceInput", "StandardizedInput",
     "ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet50",
     "VisionTransformer", "PatchEmbed", "vit_tiny", "vit_small", "vit_base",
     "MLPHead", "LinearHead",
@@ -95,7 +95,8 @@ def describe_backbone(model: nn.Module) -> dict:
     """``{"arch", "kwargs", "input"}`` that rebuild ``model`` with :func:`build_described` (the same modules,
     parameter shapes and forward; the weights are not part of it), read from the module itself: ``arch`` and
     ``config()`` of the ResNet / ViT, ``input`` the conversion wrapped around it (``INPUTS``: ``rgb`` = none,
-    ``luminance`` = :class:`LuminanceInput`). Raises ValueError naming what cannot be described (another
+    ``luminance`` = :class:`LuminanceInput`, ``standardized`` = :class:`StandardizedInput`).
+    Raises ValueError naming what cannot be described (another
     wrapper, a network not built by a builder of ``ARCHS``, a custom ``fc`` / norm layer)."""
     kind = getattr(model, "input_kind", "rgb")
     net = model.net if kind != "rgb" and INPUTS.get(kind) is type(model) else model

@@ -3,6 +3,9 @@
 - ``rgb`` (every method but colorize): the backbone itself, fed the pipeline's normalized RGB views.
 - ``luminance`` (colorize): :class:`LuminanceInput`, a 1-channel ResNet that computes CIE L* from the
   normalized RGB views itself, so kNN / the linear probe / an exported copy see exactly what training saw.
+- ``standardized`` (jigsaw, context with ``--tile-norm input``, their default): :class:`StandardizedInput`,
+  each sample standardized per channel over its own pixels before the network (the tile methods' per-tile
+  normalization, applied to whole images at evaluation; fastssl.methods._tiles says why).
 
 The L* formula is the CIE one (sRGB D65, 2-degree observer: that of ``skimage.color.rgb2lab``), computed the
 way ``fastssl.methods._color.rgb_to_lab`` computes its L channel (same operations in the same order, so the
@@ -17,7 +20,8 @@ from torch import nn
 
 from fastssl.base.constants import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["LuminanceInput", "normalized_rgb_to_luminance", "RGB_TO_XYZ", "WHITE_D65", "INPUTS"]
+__all__ = ["LuminanceInput", "StandardizedInput", "normalized_rgb_to_luminance", "RGB_TO_XYZ", "WHITE_D65", "INPUTS",
+           "STANDARDIZE_EPS"]
 
 # sRGB (linear) -> XYZ, D65 (IEC 61966-2-1 / skimage's xyz_from_rgb), and the D65 reference white.
 RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423),
@@ -73,5 +77,40 @@ class LuminanceInput(nn.Module):
         return self.net(self.luminance(x).to(x.dtype))
 
 
+STANDARDIZE_EPS = 1e-5  # fastssl.ops.sample_tiles' default: var + eps under the square root
+
+
+class StandardizedInput(nn.Module):
+    """The backbone ``net`` fed each sample standardized per channel over its own pixels:
+    ``x -> net((x - mean_hw(x)) / sqrt(var_hw(x) + eps))`` for ``x`` float ``[B, C, H, W]`` -> ``[B, feature_dim]``
+    (``forward``) or the feature map (``forward_features``). On a tile it is sample_tiles' ``normalize=True``
+    (same formula, float32 statistics, biased variance, same eps); on a whole image it is the same
+    standardization, so evaluation feeds the network the statistics training did. No parameters; statistics
+    in float32 (float64 for float64 input)."""
+
+    input_kind = "standardized"
+
+    def __init__(self, net: nn.Module, eps: float = STANDARDIZE_EPS):
+        super().__init__()
+        self.net = net
+        self.eps = eps
+        self.feature_dim = net.feature_dim
+        self.cifar_stem = getattr(net, "cifar_stem", False)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = x.to(acc)
+        mean = xf.mean((2, 3), keepdim=True)
+        var = xf.var((2, 3), unbiased=False, keepdim=True)
+        return ((xf - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(self.standardize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.standardize(x))
+
+
 # ``input`` of an exported backbone -> the wrapper that rebuilds it around the network (None: the network).
-INPUTS: dict[str, type[nn.Module] | None] = {"rgb": None, "luminance": LuminanceInput}
+INPUTS: dict[str, type[nn.Module] | None] = {"rgb": None, "luminance": LuminanceInput,
+                                             "standardized": StandardizedInput}

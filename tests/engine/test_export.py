@@ -34,6 +34,7 @@ from fastssl.models import (
     BasicBlock,
     LuminanceInput,
     ResNet,
+    StandardizedInput,
     build_backbone,
     describe_backbone,
     load_backbone,
@@ -114,12 +115,14 @@ def test_export_rebuilds_the_runs_evaluated_network(method, arch, extra, tiny_da
     spec = describe_backbone(evaluated)
     assert (meta["version"], meta["arch"], meta["kwargs"], meta["input"]) == ("2", arch, spec["kwargs"],
                                                                                spec["input"])
-    assert spec["kwargs"] == (evaluated.net if isinstance(evaluated, LuminanceInput) else evaluated).config()
+    assert spec["kwargs"] == (evaluated.net if spec["input"] != "rgb" else evaluated).config()
     assert (meta["method"], meta["image_size"], meta["feature_dim"]) == (method, SIZE, evaluated.feature_dim)
     if method in ("mae", "halves"):
         assert (meta["kwargs"]["pool"], meta["kwargs"]["pos_embed"]) == ("mean", "sincos")
     if method == "colorize":
         assert meta["input"] == "luminance" and meta["kwargs"]["in_chans"] == 1 and isinstance(model, LuminanceInput)
+    if method in ("jigsaw", "context"):  # --tile-norm input (their default): the standardization is rebuilt too
+        assert meta["input"] == "standardized" and isinstance(model, StandardizedInput)
 
     # Bit for bit the same features: the evaluation's own extraction, a forward at the run's size and at another
     # (a ViT's position embedding is then recomputed (sin-cos) or interpolated (learned), as the run's would be).
