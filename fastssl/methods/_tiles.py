@@ -1,20 +1,20 @@
 """Shared parts of the tile pretext methods (jigsaw, context): flags, the tile size, the method skeleton
 (:class:`TileMethod`: tiles -> shared backbone -> concatenated features -> classifier) and picture helpers.
 
-Per-tile normalization, and where it lives (``--tile-norm``). Both papers standardize every tile with its
-own per-channel mean and std (Noroozi & Favaro sec. 3.2: otherwise adjacent tiles are matched by their low-level
-statistics). Done in the tile sampler only (``--tile-norm tiles``, fastssl before this fix), the network is
-trained on standardized tiles but evaluated on whole images that are not standardized (the dataset mean / std
-of the ``eval`` recipe): a change of input statistics its first layers never saw. On the demo that made the
-learned features WORSE than the same network at random init at every layer (kNN 21.2 / 22.3 / 18.8 / 16.2 /
-15.8 at layer1..layer4 / pool against 25.4 / 25.3 / 24.2 / 22.5 / 22.6, 5 epochs), while the very same
-weights fed standardized whole images scored 58.7 / 59.0 / 54.0 / 40.9 / 37.2 against 48.8 / 42.3 / 39.0 /
-37.4 / 36.8 (re-estimating the BN statistics on whole images did not help: 21.5 / 21.2 / 19.9 / 18.4 / 15.4);
-docs/methods/jigsaw.md ("Why jigsaw and context destroyed features") has the commands. The default ``--tile-norm input`` therefore makes the
-standardization part of the backbone (:class:`StandardizedInput`): it standardizes each tile in training, the
-same computation as the sampler's, and each whole image at evaluation, so the features are probed on the
-input statistics they were trained on (and the random-init baseline is the same network, standardization
-included). ``none`` standardizes nothing.
+Per-tile normalization, and where it lives (``--tile-norm``). Both papers standardize every tile with its own
+per-channel mean and std (Noroozi & Favaro sec. 3.2: otherwise adjacent tiles are matched by their low-level
+statistics). Done in the tile sampler only (``--tile-norm tiles``, fastssl before this fix), the network is trained
+on standardized tiles but evaluated on whole images that are not standardized (the dataset mean / std of the
+``eval`` recipe): a change of input statistics its first layers never saw. On the demo that made the learned
+features WORSE than the same network at random init at every layer (kNN 21.2 / 22.3 / 18.8 / 16.2 / 15.8 at
+layer1..layer4 / pool against 25.4 / 25.3 / 24.2 / 22.5 / 22.6, 5 epochs), while the very same weights fed
+standardized whole images scored 58.7 / 59.0 / 54.0 / 40.9 / 37.2 against 48.8 / 42.3 / 39.0 / 37.4 / 36.8
+(re-estimating the BN statistics on whole images did not help: 21.5 / 21.2 / 19.9 / 18.4 / 15.4);
+docs/methods/jigsaw.md ("Why jigsaw and context destroyed features") has the commands. The default ``--tile-norm
+input`` therefore makes the standardization part of the backbone (:class:`StandardizedInput`): it standardizes each
+tile in training, the same computation as the sampler's, and each whole image at evaluation, so the features are
+probed on the input statistics they were trained on (and the random-init baseline is the same network,
+standardization included). ``none`` standardizes nothing.
 """
 
 from __future__ import annotations
