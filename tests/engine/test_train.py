@@ -45,7 +45,8 @@ def test_tiny_run_writes_the_run_folder(tiny_args, tmp_path, capsys):
     assert all(torch.isfinite(torch.tensor(x["loss"])) for x in steps)
     assert len([x for x in lines if "epoch_loss" in x]) == 2
     ev = json.loads((out / "eval.json").read_text())
-    assert set(ev) == {"learned", "random_init", "k", "temperature", "train_images", "val_images", "classes"}
+    assert set(ev) == {"learned", "random_init", "k", "temperature", "train_images", "val_images", "classes", "layers"}
+    assert ev["layers"]["taps"]["pool"]["learned"] == ev["learned"]  # today's keys are the pooled output's
     assert 0 <= ev["learned"]["top1"] <= ev["learned"]["top5"] <= 100
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["state"]["epoch"] == 2 and ck["state"]["global_step"] == 12
