@@ -213,3 +213,11 @@ def test_soft_encode_with_a_tiny_sigma_is_the_one_hot_limit_not_nan():
     mid = ((bins[i] + bins[i + 1]) / 2).view(1, 2, 1, 1)  # 5 from both, >= 11 from every other bin
     z = soft_encode(mid, bins, k=2, sigma=1e-30)
     assert torch.equal(z[0, [i, i + 1], 0, 0], torch.tensor([0.5, 0.5]))
+
+
+def test_gamut_bins_are_a_fresh_copy_each_call():
+    """colorize registers the bins as a buffer; load_state_dict writes into buffers in place. A cached tensor
+    handed out as is was overwritten by a checkpoint's values for every later caller (found by test order)."""
+    a = ab_gamut_bins(10)
+    a.add_(1000)
+    assert ab_gamut_bins(10).abs().max() <= 110

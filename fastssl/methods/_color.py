@@ -87,7 +87,8 @@ def ab_gamut_bins(grid: int = 10, steps: int = 512, device=None) -> torch.Tensor
     """
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
-    return _gamut_bins(grid, steps).to(device)
+    # a copy: the cached tensor must not become a module's buffer (load_state_dict would write into the cache)
+    return _gamut_bins(grid, steps).to(device, copy=True)
 
 
 @functools.lru_cache(maxsize=4)
