@@ -57,13 +57,18 @@ def data_root(name: str) -> str | None:
 
 
 def _run(cmd: list[str], log: Path) -> tuple[int, float, str]:
+    """Run ``cmd`` with stdout to ``log``.out (a file, not a pipe: a probe whose parent dies still writes its
+    result) and stderr appended to ``log``; returns (exit code, seconds, stdout)."""
     t0 = time.perf_counter()
-    with open(log, "a") as f:
+    out = log.with_suffix(".out")
+    with open(log, "a") as f, open(out, "w") as o:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=f, text=True)
-        f.write(r.stdout)
-    return r.returncode, time.perf_counter() - t0, r.stdout
+        r = subprocess.run(cmd, cwd=REPO, stdout=o, stderr=f, text=True)
+    text = out.read_text()
+    with open(log, "a") as f:
+        f.write(text)
+    return r.returncode, time.perf_counter() - t0, text
 
 
 def train(method: str, seed: int, root: str | None, run: Path, extra: list[str], teacher: Path | None) -> dict:
