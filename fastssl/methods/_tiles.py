@@ -10,7 +10,7 @@ learned features WORSE than the same network at random init at every layer (kNN 
 15.8 at layer1..layer4 / pool against 25.4 / 25.3 / 24.2 / 22.5 / 22.6, 5 epochs), while the very same
 weights fed standardized whole images scored 58.7 / 59.0 / 54.0 / 40.9 / 37.2 against 48.8 / 42.3 / 39.0 /
 37.4 / 36.8 (re-estimating the BN statistics on whole images did not help: 21.5 / 21.2 / 19.9 / 18.4 / 15.4);
-docs/methods/tile-findings.md has the commands. The default ``--tile-norm input`` therefore makes the
+docs/methods/jigsaw.md has the commands. The default ``--tile-norm input`` therefore makes the
 standardization part of the backbone (:class:`StandardizedInput`): it standardizes each tile in training, the
 same computation as the sampler's, and each whole image at evaluation, so the features are probed on the
 input statistics they were trained on (and the random-init baseline is the same network, standardization
