@@ -57,13 +57,18 @@ def data_root(name: str) -> str | None:
 
 
 def _run(cmd: list[str], log: Path) -> tuple[int, float, str]:
+    """Run ``cmd`` with stdout to ``log``.out (a file, not a pipe: a probe whose parent dies still writes its
+    result) and stderr appended to ``log``; returns (exit code, seconds, stdout)."""
     t0 = time.perf_counter()
-    with open(log, "a") as f:
+    out = log.with_suffix(".out")
+    with open(log, "a") as f, open(out, "w") as o:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=f, text=True)
-        f.write(r.stdout)
-    return r.returncode, time.perf_counter() - t0, r.stdout
+        r = subprocess.run(cmd, cwd=REPO, stdout=o, stderr=f, text=True)
+    text = out.read_text()
+    with open(log, "a") as f:
+        f.write(text)
+    return r.returncode, time.perf_counter() - t0, text
 
 
 def train(method: str, seed: int, root: str | None, run: Path, extra: list[str], teacher: Path | None) -> dict:
@@ -102,22 +107,28 @@ def probe(run: Path, protocol: str, root: str | None, linear_epochs: int) -> dic
     return res
 
 
-def rows_of(dataset: str, method: str, seed: int, meta: dict, lin: dict, knn: dict, stamp: dict) -> list[dict]:
+def rows_of(dataset: str, method: str, seed: int, meta: dict, lin: dict | None, knn: dict | None,
+            stamp: dict) -> list[dict]:
+    """One row per tap; a probe that was not run leaves its columns NaN."""
+    nan = {"learned": {"top1": float("nan")}, "random_init": {"top1": float("nan")}}
+    taps = (lin or knn)["layers"]["taps"]
     rows = []
-    for tap, r in lin["layers"]["taps"].items():
-        k = knn["layers"]["taps"][tap]
+    for tap, r in taps.items():
+        li = lin["layers"]["taps"][tap] if lin else nan
+        k = knn["layers"]["taps"][tap] if knn else nan
         rows.append({**stamp, "dataset": dataset, "method": method, "seed": seed, "tap": tap, "width": r["width"],
-                     "linear_learned": r["learned"]["top1"], "linear_random": r["random_init"]["top1"],
+                     "linear_learned": li["learned"]["top1"], "linear_random": li["random_init"]["top1"],
                      "knn_learned": k["learned"]["top1"], "knn_random": k["random_init"]["top1"],
                      "train_s": meta["seconds"], "command": meta["command"]})
     return rows
 
 
 def verdict(rows: list[dict]) -> tuple[dict, dict, str]:
-    best = max(rows, key=lambda r: r["linear_learned"])
+    key = "linear" if rows[0]["linear_learned"] == rows[0]["linear_learned"] else "knn"  # NaN: not run
+    best = max(rows, key=lambda r: r[f"{key}_learned"])
     pool = next(r for r in rows if r["tap"] == "pool")
-    ok = best["linear_learned"] - best["linear_random"] >= BAR and pool["linear_learned"] >= pool["linear_random"]
-    return best, pool, "learns" if ok else "below the bar"
+    ok = best[f"{key}_learned"] - best[f"{key}_random"] >= BAR and pool[f"{key}_learned"] >= pool[f"{key}_random"]
+    return best, pool, ("learns" if ok else "below the bar") + ("" if key == "linear" else " (kNN; no linear probe)")
 
 
 def markdown(groups: list[list[dict]]) -> str:
@@ -126,7 +137,7 @@ def markdown(groups: list[list[dict]]) -> str:
            "train | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for rows in groups:
         best, pool, v = verdict(rows)
-        kbest = max(rows, key=lambda r: r["knn_learned"])
+        kbest = max(rows, key=lambda r: r["knn_learned"] if r["knn_learned"] == r["knn_learned"] else -1)
         out.append(f"| {best['dataset']} | {best['method']} | {best['seed']} | {best['tap']} | {f(best, 'linear')} | "
                    f"{f(pool, 'linear')} | {f(kbest, 'knn')} ({kbest['tap']}) | {f(pool, 'knn')} | "
                    f"{best['train_s'] / 60:.1f} min | {v} |")
@@ -148,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/quality", help="run folders: OUT/<dataset>/<method>-s<seed>")
     p.add_argument("--results", default=str(HERE / "results"), help="where quality.csv and quality.md go")
     p.add_argument("--linear-epochs", type=int, default=100, help="linear probe epochs (fastssl.eval's default)")
+    p.add_argument("--protocols", default="linear,knn", help="which per-layer probes: linear, knn or both")
     p.add_argument("--train-args", default="", help="extra training flags (then it is no longer the default run)")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -172,8 +184,8 @@ def main(argv=None) -> int:
                     teacher = Path(a.out) / tag / f"rotation-s{seed}"
                     train("rotation", seed, root, teacher, extra, None)
                 meta = train(method, seed, root, run, extra, teacher)
-                lin = probe(run, "linear", root, a.linear_epochs)
-                knn = probe(run, "knn", root, a.linear_epochs)
+                lin = probe(run, "linear", root, a.linear_epochs) if "linear" in a.protocols else None
+                knn = probe(run, "knn", root, a.linear_epochs) if "knn" in a.protocols else None
                 rows = rows_of(tag, method, seed, meta, lin, knn, stamp)
                 groups.append(rows)
                 best, pool, v = verdict(rows)
