@@ -1,38 +1,38 @@
 """Shared parts of the tile pretext methods (jigsaw, context): flags, the tile size, the method skeleton
 (:class:`TileMethod`: tiles -> shared backbone -> concatenated features -> classifier) and picture helpers.
 
-Per-tile normalization, and where it lives (``--tile-norm``). Both papers standardize every tile with its
-own per-channel mean and std (Noroozi & Favaro sec. 3.2: otherwise adjacent tiles are matched by their low-level
-statistics). Done in the tile sampler only (``--tile-norm tiles``, fastssl before this fix), the network is
-trained on standardized tiles but evaluated on whole images that are not standardized (the dataset mean / std
-of the ``eval`` recipe): a change of input statistics its first layers never saw. On the demo that made the
-learned features WORSE than the same network at random init at every layer (kNN 21.2 / 22.3 / 18.8 / 16.2 /
-15.8 at layer1..layer4 / pool against 25.4 / 25.3 / 24.2 / 22.5 / 22.6, 5 epochs), while the very same
-weights fed standardized whole images scored 58.7 / 59.0 / 54.0 / 40.9 / 37.2 against 48.8 / 42.3 / 39.0 /
-37.4 / 36.8 (re-estimating the BN statistics on whole images did not help: 21.5 / 21.2 / 19.9 / 18.4 / 15.4);
-docs/methods/jigsaw.md has the commands. The default ``--tile-norm input`` therefore makes the
-standardization part of the backbone (:class:`StandardizedInput`): it standardizes each tile in training, the
-same computation as the sampler's, and each whole image at evaluation, so the features are probed on the
-input statistics they were trained on (and the random-init baseline is the same network, standardization
-included). ``none`` standardizes nothing.
+Per-tile normalization, and where it lives (``--tile-norm``). Both papers standardize every tile with its own
+per-channel mean and std (Noroozi & Favaro sec. 3.2: otherwise adjacent tiles are matched by their low-level
+statistics). Done in the tile sampler only (``--tile-norm tiles``, fastssl before this fix), the network is trained
+on standardized tiles but evaluated on whole images that are not standardized (the dataset mean / std of the
+``eval`` recipe): a change of input statistics its first layers never saw. On the demo that made the learned
+features WORSE than the same network at random init at every layer (kNN 21.2 / 22.3 / 18.8 / 16.2 / 15.8 at
+layer1..layer4 / pool against 25.4 / 25.3 / 24.2 / 22.5 / 22.6, 5 epochs), while the very same weights fed
+standardized whole images scored 58.7 / 59.0 / 54.0 / 40.9 / 37.2 against 48.8 / 42.3 / 39.0 / 37.4 / 36.8
+(re-estimating the BN statistics on whole images did not help: 21.5 / 21.2 / 19.9 / 18.4 / 15.4);
+docs/methods/jigsaw.md ("Why jigsaw's features were worse than random init") has the commands. The default ``--tile-norm
+input`` therefore makes the standardization part of the backbone (:class:`StandardizedInput`): it standardizes each
+tile in training, the same computation as the sampler's, and each whole image at evaluation, so the features are
+probed on the input statistics they were trained on (and the random-init baseline is the same network,
+standardization included). ``none`` standardizes nothing.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fastssl.base.argtypes import positive_int, probability  # noqa: F401  (flag types of the tile methods)
 from fastssl.base.errors import ConfigError
-from fastssl.methods.base import Method
+from fastssl.methods.base import Method, smallest_working_size
 from fastssl.models import MLPHead
+from fastssl.models.inputs import STANDARDIZE_EPS as EPS
+from fastssl.models.inputs import StandardizedInput
 from fastssl.ops import sample_tiles
 from fastssl.ops.sample_tiles import sample_tiles_op
 
 GRID = 3  # 3x3 cells, as in both papers
 TILE_NORMS = ("input", "tiles", "none")
-EPS = 1e-5  # sample_tiles' default: var + eps under the square root
 
 
 def tile_norm(cfg: dict) -> str:
@@ -41,35 +41,6 @@ def tile_norm(cfg: dict) -> str:
     if cfg.get("no_tile_norm"):
         return "none"
     return cfg.get("tile_norm") or "tiles"
-
-
-class StandardizedInput(nn.Module):
-    """The backbone ``net`` fed each sample standardized per channel over its own pixels:
-    ``x -> net((x - mean_hw(x)) / sqrt(var_hw(x) + eps))`` for ``x`` float ``[B, C, H, W]`` -> ``[B, feature_dim]``
-    (``forward``) or the feature map (``forward_features``). On a tile it is sample_tiles' ``normalize=True``
-    (same formula, float32 statistics, biased variance, same eps); on a whole image it is the same
-    standardization, so evaluation feeds the network the statistics training did. No parameters; statistics
-    in float32 (float64 for float64 input)."""
-
-    def __init__(self, net: nn.Module, eps: float = EPS):
-        super().__init__()
-        self.net = net
-        self.eps = eps
-        self.feature_dim = net.feature_dim
-        self.cifar_stem = getattr(net, "cifar_stem", False)
-
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        xf = x.to(acc)
-        mean = xf.mean((2, 3), keepdim=True)
-        var = xf.var((2, 3), unbiased=False, keepdim=True)
-        return ((xf - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(self.standardize(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.standardize(x))
 
 
 def tile_size(cfg: dict) -> int:
@@ -91,10 +62,22 @@ def add_tile_args(group, gray_p: float, drop_p: float) -> None:
     group.add_argument("--head-hidden", type=positive_int, default=1024, help="classifier MLP hidden width")
 
 
-def check_tile_config(cfg: dict) -> None:
-    t, cell = tile_size(cfg), cfg["image_size"] // GRID
+def check_tile_config(cfg: dict, method: type[Method] | None = None) -> None:
+    """ConfigError unless a tile fits a grid cell. Every suggested value works: ``--tile <= cell`` when there is
+    a cell of at least 1 px; when ``--image-size`` is below the grid (no cell at all) the smallest image size
+    that passes every check of ``method`` (and its backbone's, ``fastssl.methods.base.check_backbone``), or
+    without a method the smallest that holds the tiles (``GRID`` px, or ``GRID * --tile``)."""
+    s, t, cell = cfg["image_size"], tile_size(cfg), cfg["image_size"] // GRID
+    if cell < 1:
+        need, stop = GRID * (cfg["tile"] or 1), max(64, 4 * GRID * (cfg["tile"] or 1))
+        if method is not None:  # sizes >= need have cells, so this search never comes back here
+            need = smallest_working_size(method, cfg, need, stop)
+        flags = f"--arch {cfg['arch']}" + (f" and --tile {cfg['tile']}" if cfg["tile"] else "")
+        raise ConfigError(f"--image-size {s} is too small for a {GRID}x{GRID} grid of tiles (cells of {s / GRID:.2g} "
+                          "px); " + (f"the smallest --image-size that works with {flags} is {need}" if need else
+                                     f"no --image-size up to {stop} works with {flags}"))
     if t > cell:
-        raise ConfigError(f"--tile {t} does not fit a grid cell of {cell} px (--image-size {cfg['image_size']} "
+        raise ConfigError(f"--tile {t} does not fit a grid cell of {cell} px (--image-size {s} "
                           f"in a {GRID}x{GRID} grid); use --tile <= {cell}")
 
 
@@ -122,7 +105,13 @@ class TileMethod(Method):
 
     @classmethod
     def check_config(cls, cfg):
+        check_tile_config(cfg, cls)
+
+    @classmethod
+    def backbone_inputs(cls, cfg):
+        """The whole images (evaluation; the backbone is built at ``--image-size``) and the tiles (training)."""
         check_tile_config(cfg)
+        return {"--image-size": cfg["image_size"], "--tile": tile_size(cfg)}
 
     @staticmethod
     def num_classes(cfg: dict) -> int:

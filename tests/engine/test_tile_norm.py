@@ -1,7 +1,8 @@
-"""The cause of jigsaw's / context's feature destruction (docs/methods/jigsaw.md): training tiles were
-standardized per tile, whole evaluation images were not. These tests fail on that behaviour (``--tile-norm
-tiles``) and pass with the fix (``--tile-norm input``, the default): what the network's first layer receives
-has the same statistics for a training tile and for an evaluation image, and training itself is unchanged."""
+"""The cause of jigsaw's / context's feature destruction (docs/methods/jigsaw.md, "Why jigsaw's features were worse than
+random init"): training tiles were standardized per tile, whole evaluation images were not. These tests fail on that
+behaviour (``--tile-norm tiles``) and pass with the fix (``--tile-norm input``, the default): what the network's
+first layer receives has the same statistics for a training tile and for an evaluation image, and training itself is
+unchanged."""
 
 import pytest
 import torch
