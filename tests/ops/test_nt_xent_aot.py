@@ -18,8 +18,10 @@ import sys
 import pytest
 from aot_helpers import ARCHS, SMEM_LIMIT, check, main, run_script, specialize
 
-# Default (quick): the NT-Xent forward and backward, bf16 D=128, on the smallest-smem arch and on sm90.
-QUICK = dict(cases=[("bfloat16", 128)], archs=[(8, 9), (9, 0)], ops=("fwd_nt_xent", "bwd_nt_xent"))
+# Default (quick): the NT-Xent forward and backward (normalized and raw) and the InfoNCE backward, bf16 and fp32
+# at D=128, on the smallest-smem arch and on sm90 (the fp32 raw backward spilled on sm90 with 4 warps).
+QUICK = dict(cases=[("bfloat16", 128), ("float32", 128)], archs=[(8, 9), (9, 0)],
+             ops=("fwd_nt_xent", "bwd_nt_xent", "bwd_nt_xent/raw", "bwd_dq_dk"))
 # Full (slow): every kernel and variant, the contract's dtypes and widths (fp32: D <= 128), every arch.
 FULL = dict(cases=[(dt, d) for dt in ("bfloat16", "float16") for d in (32, 64, 128, 200, 512)]
             + [("float32", d) for d in (32, 64, 100, 128)], archs=ARCHS, ops=None)
@@ -90,7 +92,8 @@ def test_smem_table_matches_the_launchers():
 
 
 def test_nt_xent_kernels_compile_without_spills():
-    """NT-Xent forward and backward, bf16 D=128, sm89 and sm90: no spills, smem within the limits."""
+    """NT-Xent forward and backward, InfoNCE backward, bf16 and fp32 D=128, sm89 and sm90: no spills, smem
+    within the limits."""
     pytest.importorskip("triton.backends.nvidia")
     check(run_script(__file__))
 
