@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastssl.base.atomic import atomic_path
 from fastssl.base.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -79,8 +80,6 @@ def save_grid(rows: list[list[torch.Tensor]], path: str | os.PathLike, *, row_ti
             x = left + pad + j * (cw + pad)
             canvas.paste(im, (x + (cw - im.width) // 2, y + (ch - im.height) // 2))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path

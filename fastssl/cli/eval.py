@@ -106,6 +106,10 @@ def _tap_list(spec, backbone, cfg: dict) -> list[str]:
 
         kind = METHODS[cfg["method"]].eval_taps if cfg.get("method") in METHODS else "intermediate"
         return default_taps(backbone, kind)
+    words = [n for n in spec if n in ("all", "default")]
+    if words:
+        raise DataError(f"--layers: '{words[0]}' stands alone; give it without tap names, or list the taps "
+                        f"({', '.join(valid)})")
     bad = [n for n in spec if n not in valid]
     if bad:
         raise DataError(f"--layers: unknown tap(s) {', '.join(bad)}; the taps of this {cfg.get('arch')} are: "
@@ -137,6 +141,10 @@ def _export(backbone, cfg: dict, path: str) -> None:
 
     if cfg.get("exported"):
         raise DataError("--export: the --checkpoint is already an exported backbone")
+    if not path.strip():
+        raise DataError("--export needs a file name, e.g. --export backbone.safetensors")
+    if Path(path).expanduser().is_dir():
+        raise DataError(f"--export {path}: is a folder; give a file name, e.g. {Path(path) / 'backbone.safetensors'}")
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise DataError(f"--export {path}: {parent} is not a folder")
@@ -154,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if args.random_init and args.layers:
         raise DataError("--layers already shows the random initialization next to the learned weights; "
                         "drop --random-init")
-    if args.random_init and args.export:
+    if args.random_init and args.export is not None:
         raise DataError("--export with --random-init would export untrained weights; drop one of them")
     backbone, cfg = _load(args.checkpoint, args.random_init)
     if not cfg.get("image_size"):
@@ -171,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     if args.protocol == "knn" and args.k > len(train_src):
         raise DataError(f"--k {args.k} is larger than the {len(train_src)} training images of {root}")
     names = _tap_list(args.layers, backbone, cfg) if args.layers else None
-    if args.export:  # after every input check: a command that fails leaves no file behind
+    if args.export is not None:  # after every input check: a command that fails leaves no file behind
         _export(backbone, cfg, args.export)
     kw = dict(image_size=cfg["image_size"], device=device, batch_size=args.batch_size, num_threads=args.workers)
     if names is not None:

@@ -182,7 +182,9 @@ def parse_config(argv: list[str] | None = None) -> dict:
     parser, _ = build_parser(argv)
     cfg = vars(parser.parse_args(argv))
     if cfg["method"] is None:
-        raise ConfigError(f"choose a method with --method ({', '.join(sorted(METHODS))})")
+        hint = (f"; to continue a run with its own flags: --config {cfg['out'] or 'RUN'}/config.json --resume auto"
+                if cfg.get("resume") else "")
+        raise ConfigError(f"choose a method with --method ({', '.join(sorted(METHODS))}){hint}")
     if cfg["dry_run"]:  # values a dry run supplies that a preset cannot hold (bow: a stand-in teacher)
         cfg.update(METHODS[cfg["method"]].dry_run_config(cfg))
     if cfg["dry_run_batch"] is not None and not cfg["dry_run"]:
@@ -191,6 +193,9 @@ def parse_config(argv: list[str] | None = None) -> dict:
     _check_precision(cfg)
     METHODS[cfg["method"]].check_config(cfg)
     check_backbone(METHODS[cfg["method"]], cfg)  # the network's own size rules, for every method and arch
+    if cfg["eval_every"] > cfg["epochs"]:
+        raise ConfigError(f"--eval-every {cfg['eval_every']} is more than --epochs {cfg['epochs']}: no point of the "
+                          f"learning curve would be logged; use --eval-every 1..{cfg['epochs']} (or 0: off)")
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"--warmup-epochs {cfg['warmup_epochs']:g} is longer than --epochs {cfg['epochs']}: "
                           "the learning rate would never reach its peak; lower --warmup-epochs")

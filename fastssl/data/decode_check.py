@@ -12,6 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fastssl.base.atomic import atomic_write_text
+
 AUTO_VERIFY_MAX = 20_000
 _FORMAT = "fastssl-verify"
 _VERSION = 1
@@ -70,11 +72,8 @@ def _load(path: Path, folder: Path) -> dict:
 
 
 def _save(path: Path, folder: Path, entries: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"format": _FORMAT, "version": _VERSION, "folder": os.path.realpath(folder),
-                               "files": entries}, separators=(",", ":")))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"format": _FORMAT, "version": _VERSION, "folder": os.path.realpath(folder),
+                                        "files": entries}, separators=(",", ":")))
 
 
 def _decode_all(files: list[str], workers: int, desc: str) -> list[str | None]:

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fastssl.base.atomic import atomic_write_text
 from fastssl.base.errors import ConfigError, TrainError
 
 CPU_BATCH = 8
@@ -272,4 +273,4 @@ class _DryRun:
               f"{_fmt_duration(per_epoch * cfg['epochs'])}")
         print(json.dumps({"dry_run": r}))
         if keep:
-            (Path(cfg["out"]) / "dryrun.json").write_text(json.dumps(r, indent=2) + "\n")
+            atomic_write_text(Path(cfg["out"]) / "dryrun.json", json.dumps(r, indent=2) + "\n")

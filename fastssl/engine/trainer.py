@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from fastssl.base import checkpoint as ckpt_io
+from fastssl.base.atomic import atomic_write_text
 from fastssl.base.errors import ConfigError, TrainError
 from fastssl.base.progress import Progress
 from fastssl.engine.gradcache import Embedder, GradCache
@@ -244,7 +245,7 @@ class Trainer:
                                 recipe_options={**method.recipe_options(), **(cfg["recipe_options"] or {})})
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
             print(f"fastssl.train: {cfg['method']} on {self.train_src} | {cfg['arch']} | global batch "
                   f"{cfg['batch_size']} over {ws} process(es) on {device} | {self.steps_per_epoch} steps/epoch "
                   f"x {cfg['epochs']} epochs | lr {lr:.4g} ({cfg['optimizer']}) | run folder {out}",
@@ -412,13 +413,15 @@ class Trainer:
             self.save("best.pt")
         self.visualize(epoch + 1)
         if cfg.get("eval_every") and (epoch + 1) % cfg["eval_every"] == 0:
-            self.eval_curve(epoch + 1)
+            self.eval_curve(epoch)
         return 0
 
     def eval_curve(self, epoch: int) -> None:
         """``--eval-every``: the kNN of the method's default taps on the val split (rank 0; learned weights
         only: the random-init baseline is the final evaluation's), logged as ``knn_top1_<tap>`` records with
-        its cost ``eval_s``. Eval mode and a forked RNG: training computes exactly what it would without it."""
+        its cost ``eval_s`` and ``epoch`` = the 0-based index of the epoch just finished (as the ``epoch`` of
+        that epoch's loss records). Eval mode and a forked RNG: training computes exactly what it would
+        without it."""
         if not self.d.is_main or self.val_src is None:
             return
         from fastssl.evaluation.layers import evaluate_layers
@@ -436,7 +439,8 @@ class Trainer:
         self.logger.log(record, self.state["global_step"], "eval_curve")
         if not cfg["quiet"]:
             shown = ", ".join(f"{n} {r['learned']['top1']:.1f}" for n, r in res["taps"].items())
-            self.progress.write(f"epoch {epoch}: kNN top-1 (val) {shown} [{record['eval_s']:.0f} s]")
+            self.progress.write(f"after epoch {epoch + 1}/{cfg['epochs']}: kNN top-1 (val) {shown} "
+                                f"[{record['eval_s']:.0f} s]")
 
 
 KNN_K, KNN_T = 20, 0.07
@@ -464,14 +468,13 @@ def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger, step:
     pool = layers["taps"]["pool"]
     results = {"learned": pool["learned"], "random_init": pool["random_init"], "k": KNN_K, "temperature": KNN_T,
                "train_images": len(train_src), "val_images": len(val_src), "classes": n_cls, "layers": layers}
-    (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "eval.json", json.dumps(results, indent=2) + "\n")
     learned, rand = results["learned"], results["random_init"]
     record = {"knn_top1": learned["top1"], "knn_top5": learned["top5"], "knn_top1_random_init": rand["top1"],
               "knn_top5_random_init": rand["top5"]}
-    for name, r in layers["taps"].items():
-        if name != "pool":
-            record.update({f"knn_top1_{name}": r["learned"]["top1"],
-                           f"knn_top1_{name}_random_init": r["random_init"]["top1"]})
+    for name, r in layers["taps"].items():  # pool too: the same names as the --eval-every curve's
+        record.update({f"knn_top1_{name}": r["learned"]["top1"],
+                       f"knn_top1_{name}_random_init": r["random_init"]["top1"]})
     logger.log(record, step, "eval")
     print(f"kNN (k=20) on {len(val_src)} val images, {n_cls} classes:\n"
           f"  learned      top-1 {learned['top1']:6.2f}%  top-5 {learned['top5']:6.2f}%\n"

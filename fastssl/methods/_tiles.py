@@ -54,11 +54,12 @@ def add_tile_args(group, gray_p: float, drop_p: float) -> None:
     group.add_argument("--gray-p", type=probability, default=gray_p, help="per-sample grayscale probability")
     group.add_argument("--drop-p", type=probability, default=drop_p,
                        help="per-sample colour dropping probability (keep one random channel)")
-    group.add_argument("--tile-norm", choices=TILE_NORMS, default="input",
-                       help="per-tile mean/std standardization (a shortcut guard): 'input' as the backbone's first "
-                       "step, so whole images are standardized the same way at evaluation; 'tiles' in the tile "
-                       "sampler only (before fastssl's fix: evaluation then sees unstandardized images); 'none'")
-    group.add_argument("--no-tile-norm", action="store_true", help="the same as --tile-norm none")
+    norm = group.add_mutually_exclusive_group()  # both given: argparse's one-line error, not a silent winner
+    norm.add_argument("--tile-norm", choices=TILE_NORMS, default="input",
+                      help="per-tile mean/std standardization (a shortcut guard): 'input' as the backbone's first "
+                      "step, so whole images are standardized the same way at evaluation; 'tiles' in the tile "
+                      "sampler only (before fastssl's fix: evaluation then sees unstandardized images); 'none'")
+    norm.add_argument("--no-tile-norm", action="store_true", help="the same as --tile-norm none")
     group.add_argument("--head-hidden", type=positive_int, default=1024, help="classifier MLP hidden width")
 
 

@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastssl.base.atomic import atomic_path
+
 from .heads import LinearHead, MLPHead
 from .inputs import INPUTS, LuminanceInput, StandardizedInput
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
@@ -174,10 +176,8 @@ def save_backbone(model: nn.Module, path: str | os.PathLike, arch: str | None = 
               "feature_dim": str(getattr(model, "feature_dim", "")),
               **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fastssl.base.atomic import atomic_path
 from fastssl.ops._backend import forced_backend
 
 METHODS = ("maxmin", "maxavg")
@@ -120,11 +119,8 @@ def jigsaw_permutations(
                                "permutation of 0..M-1, or a candidate value >= 16)")
         perms = cand[idx].long()
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a reader sees the old file or the whole new one
             np.save(f, perms.numpy())
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
     return perms
 
 

@@ -59,6 +59,7 @@ def _flags(data, out, *extra):
     (["--recipe-options", '{"scale": [0.9, 0.2]}'], ["--recipe-options", "scale=[0.9, 0.2]", "0 < min <= max <= 1"]),
     (["--recipe-options", '{"flip_p": 1.5}'], ["--recipe-options", "flip_p=1.5", "probability in [0, 1]"]),
     (["--warmup-epochs", "3"], ["--warmup-epochs 3 is longer than --epochs 1"]),
+    (["--eval-every", "2"], ["--eval-every 2 is more than --epochs 1", "no point"]),
     (["--data", "/no/such/folder"], ["--data", "/no/such/folder"]),
     (["--resume", "/no/such/run"], ["--resume", "/no/such/run"]),
     (["--out", "A_FILE"], ["is a file, not a run folder"]),
@@ -231,6 +232,8 @@ def test_corrupt_jpeg_body_stops_the_run_naming_it(small, tmp_path):
 @pytest.mark.parametrize("module,args", [
     ("fastssl.train", ["--epochs", "0"]),
     ("fastssl.train", ["--method", "colorize", "--soft-k", "10000"]),
+    ("fastssl.train", ["--method", "jigsaw", "--tile-norm", "input", "--no-tile-norm"]),  # not a silent winner
+    ("fastssl.train", ["--resume", "auto", "--out", "RUN"]),  # no --method: says how to resume with the run's flags
     ("fastssl.eval", ["knn", "--checkpoint", "x", "--k", "0"]),
     ("fastssl.data.verify", ["--no-such-flag"]),
 ])

@@ -101,6 +101,14 @@ def test_export_is_not_written_when_the_command_fails(tiny_args, tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().startswith("fastssl.eval: error: ") and len(r.stderr.strip().splitlines()) == 1
         assert not export.exists()
+    # A folder or an empty name as the export: refused the same way, and nothing (no temporary file) is left.
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for target, said in ((folder, "is a folder"), ("", "needs a file name")):
+        r = subprocess.run([sys.executable, "-m", "fastssl.eval", "knn", "--checkpoint", str(run), "--export",
+                            str(target), "--workers", "1"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(folder.iterdir()) == [] and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_eval_cli_layers_table_through_python_m(tiny_args, tmp_path):
@@ -148,7 +156,8 @@ def test_eval_cli_layers_table_through_python_m(tiny_args, tmp_path):
 
     for bad, said in ((["--layers", "layer9"], "layer9; the taps of this resnet18 are: stem, layer1"),
                       (["--layers", ","], "--layers"), (["--layers", "pool,pool"], "twice"),
-                      (["--layers", "all", "--random-init"], "drop --random-init")):
+                      (["--layers", "all", "--random-init"], "drop --random-init"),
+                      (["--layers", "all,pool"], "'all' stands alone")):
         r = cli("fastssl.eval", "knn", "--checkpoint", str(run), "--workers", "1", *bad, rc=2)
         err = r.stderr.strip()
         assert err.startswith("fastssl.eval: error: ") and "\n" not in err and "Traceback" not in err, err
