@@ -195,7 +195,8 @@ def parse_config(argv: list[str] | None = None) -> dict:
     check_backbone(METHODS[cfg["method"]], cfg)  # the network's own size rules, for every method and arch
     if cfg["eval_every"] > cfg["epochs"]:
         raise ConfigError(f"--eval-every {cfg['eval_every']} is more than --epochs {cfg['epochs']}: no point of the "
-                          f"learning curve would be logged; use --eval-every 1..{cfg['epochs']} (or 0: off)")
+                          "learning curve would be logged; use --eval-every "
+                          + ("1" if cfg["epochs"] == 1 else f"1..{cfg['epochs']}") + " (or 0: off)")
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"--warmup-epochs {cfg['warmup_epochs']:g} is longer than --epochs {cfg['epochs']}: "
                           "the learning rate would never reach its peak; lower --warmup-epochs")
