@@ -6,7 +6,10 @@ protocol): the features are standardized with the training split's mean and std 
 BatchNorm without affine parameters before the classifier: the same thing on frozen features), then one
 linear layer is trained with cross-entropy by SGD with momentum 0.9 and a cosine schedule (solo-learn,
 MoCo v3; VISSL uses steps), batch 256, ``epochs`` (default 100) at ``lr`` (default 0.1), weight decay
-``weight_decay`` (default 0; VISSL 5e-4). Deterministic for a seed on the CPU.
+``weight_decay`` (default 0; VISSL 5e-4). Deterministic on the CPU for a seed and the global RNG state: the
+shuffles come from ``seed``, the classifier's initialization from the global RNG (so two probes in one process,
+e.g. learned and random init, start from different classifiers; seeding it from ``seed`` would change every
+published linear number slightly, so it is left for a re-measurement).
 """
 
 from __future__ import annotations
