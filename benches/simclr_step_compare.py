@@ -155,6 +155,11 @@ def _delta(r, key, base):
     return {k: r[key][k].double() - base["init"][k].double() for k in r[key]}
 
 
+def _updates(x, y, key):
+    """(x's update, y's update, _mx of the two) for the parameters saved under ``key``: computed once."""
+    dx, dy = _delta(x, key, x), _delta(y, key, y)
+    return dx, dy, _mx(dx, dy)
+
 def compare():
     runs = {p.stem: torch.load(p) for p in sorted(OUT.glob("run_*.pt"))}
     print("runs:", ", ".join(runs))
@@ -192,11 +197,7 @@ def compare():
         init = _mx(rx["init"], ry["init"])
         l0 = abs(rx["loss"][0] - ry["loss"][0])
         gr = _mx(rx["grads"], ry["grads"])
-        u1 = _mx(_delta(rx, "params1", rx), _delta(ry, "params1", ry))
-        _mx(rx["paramsK"], ry["paramsK"])
-        uk = _mx(_delta(rx, "paramsK", rx), _delta(ry, "paramsK", ry))
-        d1x, d1y = _delta(rx, "params1", rx), _delta(ry, "params1", ry)
-        dkx, dky = _delta(rx, "paramsK", rx), _delta(ry, "paramsK", ry)
+        (d1x, d1y, u1), (dkx, dky, uk) = (_updates(rx, ry, k) for k in ("params1", "paramsK"))
         print(f"{label:52s} {'same' if init[3] == 0 else 'DIFF':>5s} {l0:10.3e} {gr[1]:12.3e} "
               f"{_l2(rx['grads'], ry['grads']):9.2e} {u1[1]:11.3e} {_l2(d1x, d1y):9.2e} {uk[1]:11.3e} "
               f"{_l2(dkx, dky):9.2e} {_l2(rx['paramsK'], ry['paramsK']):10.2e} {gr[3]:2d}/{len(rx['grads'])}  {uk[2]}")
@@ -212,10 +213,7 @@ def compare():
                 continue
             r = runs[name]
             gr = _mx(r["grads"], f64["grads"])
-            u1 = _mx(_delta(r, "params1", r), _delta(f64, "params1", f64))
-            uk = _mx(_delta(r, "paramsK", r), _delta(f64, "paramsK", f64))
-            d1, d1f = _delta(r, "params1", r), _delta(f64, "params1", f64)
-            dk, dkf = _delta(r, "paramsK", r), _delta(f64, "paramsK", f64)
+            (d1, d1f, u1), (dk, dkf, uk) = (_updates(r, f64, k) for k in ("params1", "paramsK"))
             print(f"  {name:18s} loss0 {abs(r['loss'][0] - f64['loss'][0]):.2e}  grad0 relmax {gr[1]:.2e} ({gr[2]}) "
                   f"L2 {_l2(r['grads'], f64['grads']):.2e}  update1 relmax {u1[1]:.2e} L2 {_l2(d1, d1f):.2e}  "
                   f"update{STEPS} relmax {uk[1]:.2e} ({uk[2]}) L2 {_l2(dk, dkf):.2e}")
