@@ -11,10 +11,13 @@ run's own random initialization at every tap. Datasets: ``demo`` (the built-in s
 and ``natural`` (benches/natural.py: patches of the photographs scikit-image ships; ``pip install -e
 ".[bench]"``). A run folder that already holds ``eval.json`` is not trained again and a probe already saved
 in it (``probe-linear.json``, ``probe-knn.json``) is not recomputed, so an interrupted bench continues.
+``--collect`` neither trains nor probes: it only gathers the finished runs under ``--out`` into the results
+(a run still missing a part is named and left out), e.g. after several benches ran side by side.
 
 Writes (``--results``, default benches/results/): ``quality.csv`` (rows appended: date, commit, host,
 dataset, method, seed, tap, width, linear and kNN top-1 learned / random init, train wall seconds, the train
-command) and ``quality.md`` (the table of this invocation: per run the best tap by linear top-1 and the pooled
+command; the commit is the one that trained the run, from its ``bench-train.json``) and ``quality.md`` (the
+table of this invocation: per run the best tap by linear top-1 and the pooled
 output, then every tap). The verdict column applies the bar of issue 23: at least +5 points linear top-1 at
 the best tap and not below random init at ``pool``. A bench, not a CI test: each default run takes minutes
 to tens of minutes on a CPU (``nice`` it on a shared machine).
@@ -71,8 +74,13 @@ def _run(cmd: list[str], log: Path) -> tuple[int, float, str]:
     return r.returncode, time.perf_counter() - t0, text
 
 
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def train(method: str, seed: int, root: str | None, run: Path, extra: list[str], teacher: Path | None) -> dict:
-    """Train unless ``run`` already holds a finished run; returns {'seconds', 'command'}."""
+    """Train unless ``run`` already holds a finished run; returns {'seconds', 'command', 'commit'}."""
     cmd = [sys.executable, "-m", "fastssl.train", "--method", method, "--seed", str(seed), "--quiet",
            "--out", str(run), *(["--data", root] if root else []),
            *(["--teacher", str(teacher)] if teacher else []), *extra]
@@ -86,7 +94,7 @@ def train(method: str, seed: int, root: str | None, run: Path, extra: list[str],
     rc, seconds, _ = _run(cmd, run.parent / f"{run.name}.log")
     if rc != 0:
         raise SystemExit(f"benches/quality.py: error: training failed (exit {rc}); see {run.parent / run.name}.log")
-    meta = {"seconds": round(seconds, 1), "command": shlex.join(cmd[1:])}
+    meta = {"seconds": round(seconds, 1), "command": shlex.join(cmd[1:]), "commit": head_commit()}
     meta_path.write_text(json.dumps(meta) + "\n")
     return meta
 
@@ -116,7 +124,8 @@ def rows_of(dataset: str, method: str, seed: int, meta: dict, lin: dict | None, 
     for tap, r in taps.items():
         li = lin["layers"]["taps"][tap] if lin else nan
         k = knn["layers"]["taps"][tap] if knn else nan
-        rows.append({**stamp, "dataset": dataset, "method": method, "seed": seed, "tap": tap, "width": r["width"],
+        rows.append({**stamp, "commit": meta.get("commit", stamp["commit"]), "dataset": dataset, "method": method,
+                     "seed": seed, "tap": tap, "width": r["width"],
                      "linear_learned": li["learned"]["top1"], "linear_random": li["random_init"]["top1"],
                      "knn_learned": k["learned"]["top1"], "knn_random": k["random_init"]["top1"],
                      "train_s": meta["seconds"], "command": meta["command"]})
@@ -161,6 +170,8 @@ def main(argv=None) -> int:
     p.add_argument("--linear-epochs", type=int, default=100, help="linear probe epochs (fastssl.eval's default)")
     p.add_argument("--protocols", default="linear,knn", help="which per-layer probes: linear, knn or both")
     p.add_argument("--train-args", default="", help="extra training flags (then it is no longer the default run)")
+    p.add_argument("--collect", action="store_true",
+                   help="train and probe nothing: gather the finished runs under --out into --results")
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -168,8 +179,7 @@ def main(argv=None) -> int:
         p.error(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
     seeds = [int(s) for s in a.seeds.split(",")]
     extra = shlex.split(a.train_args)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = head_commit()
     stamp = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit,
              "host": f"{platform.machine()}-{os.cpu_count()}cpu"}
     groups = []
@@ -179,11 +189,18 @@ def main(argv=None) -> int:
         for seed in seeds:
             for method in methods:
                 run = Path(a.out) / tag / f"{method}-s{seed}"
+                if a.collect:
+                    parts = ["bench-train.json", *(f"probe-{x}.json" for x in ("linear", "knn") if x in a.protocols)]
+                    missing = [x for x in parts if not (run / x).is_file()]
+                    if missing:
+                        print(f"[quality] collect: {run} left out (no {', '.join(missing)})", file=sys.stderr)
+                        continue
                 teacher = None
-                if method == "bow":
+                if method == "bow" and not a.collect:
                     teacher = Path(a.out) / tag / f"rotation-s{seed}"
                     train("rotation", seed, root, teacher, extra, None)
-                meta = train(method, seed, root, run, extra, teacher)
+                meta = (json.loads((run / "bench-train.json").read_text()) if a.collect
+                        else train(method, seed, root, run, extra, teacher))
                 lin = probe(run, "linear", root, a.linear_epochs) if "linear" in a.protocols else None
                 knn = probe(run, "knn", root, a.linear_epochs) if "knn" in a.protocols else None
                 rows = rows_of(tag, method, seed, meta, lin, knn, stamp)
@@ -192,6 +209,8 @@ def main(argv=None) -> int:
                 print(f"[quality] {tag} {method} seed {seed}: linear best {best['tap']} {best['linear_learned']:.1f} "
                       f"/ {best['linear_random']:.1f}, pool {pool['linear_learned']:.1f} / "
                       f"{pool['linear_random']:.1f}: {v}", file=sys.stderr, flush=True)
+    if not groups:
+        raise SystemExit("benches/quality.py: error: no finished run to report")
     results = Path(a.results)
     results.mkdir(parents=True, exist_ok=True)
     csv_path = results / "quality.csv"

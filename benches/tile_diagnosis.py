@@ -11,7 +11,12 @@ variants of what the network is given at evaluation:
                    passes, cumulative average, no gradient), weights unchanged: tells whether the statistics
                    gathered on tiles are what hurts;
 - ``img-norm``     each image standardized per channel (the normalization every training tile got);
-- ``img-norm+bn``  both.
+- ``img-norm+bn``  both;
+- ``half``         each image resized to half its size (64 -> 32 px: layer4 1x1, as on a training tile);
+- ``tiles``        each image cut into a 4x4 grid of tiles the size of a training tile (16 px of a 64 px
+                   image), every tile through the network on its own, each tap's features averaged over
+                   the 16 tiles: the network at the scale it was trained on. ``half`` and ``tiles`` test
+                   the scale gap (docs/methods/jigsaw.md).
 
 The numbers are a diagnosis, not the reported protocol (the protocol is ``python -m fastssl.eval``).
 
@@ -76,19 +81,29 @@ def recalibrate_bn(backbone: nn.Module, x: torch.Tensor, batch: int = 256) -> nn
     return b.eval()
 
 
+def grid_tiles(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N * grid * grid, C, H // grid, W // grid): the image's grid x grid tiles, image-major."""
+    n, c, h, w = x.shape
+    th, tw = h // grid, w // grid
+    t = x[:, :, :th * grid, :tw * grid].reshape(n, c, grid, th, grid, tw)
+    return t.permute(0, 2, 4, 1, 3, 5).reshape(n * grid * grid, c, th, tw)
+
+
 @torch.no_grad()
-def taps_of(backbone: nn.Module, x: torch.Tensor, batch: int = 256) -> dict[str, torch.Tensor]:
+def taps_of(backbone: nn.Module, x: torch.Tensor, batch: int = 256, grid: int = 0) -> dict[str, torch.Tensor]:
+    """Pooled features at every tap; ``grid`` > 0: of each image's grid x grid tiles, averaged per image."""
     backbone.eval()
     t = Taps(backbone, TAPS)
     out: dict[str, list] = {n: [] for n in TAPS}
     for i in range(0, len(x), batch):
-        for n, v in t(x[i:i + batch]).items():
-            out[n].append(v)
+        xb = x[i:i + batch]
+        for n, v in t(grid_tiles(xb, grid) if grid else xb).items():
+            out[n].append(v.reshape(len(xb), grid * grid, -1).mean(1) if grid else v)
     return {n: torch.cat(v) for n, v in out.items()}
 
 
-def probe(backbone, xtr, ytr, xva, yva, n_cls, linear_epochs: int) -> dict:
-    ftr, fva = taps_of(backbone, xtr), taps_of(backbone, xva)
+def probe(backbone, xtr, ytr, xva, yva, n_cls, linear_epochs: int, grid: int = 0) -> dict:
+    ftr, fva = taps_of(backbone, xtr, grid=grid), taps_of(backbone, xva, grid=grid)
     res = {}
     for n in TAPS:
         r = {"knn": knn_classify(ftr[n], ytr, fva[n], yva, num_classes=n_cls)["top1"]}
@@ -167,7 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default=None, help="dataset root (default: the run's)")
     p.add_argument("--linear-epochs", type=int, default=0, help="also a linear probe of this many epochs (0: kNN only)")
-    p.add_argument("--variants", default="as-is,bn-recal,img-norm,img-norm+bn")
+    p.add_argument("--variants", default="as-is,bn-recal,img-norm,img-norm+bn",
+                   help="comma list of as-is, bn-recal, img-norm, img-norm+bn, half, tiles")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--pretext", action="store_true",
                    help="only the pretext accuracy on val images: tiles as cut, without their border, without "
@@ -198,9 +214,13 @@ def main(argv=None) -> int:
     for variant in a.variants.split(","):
         for which, net in (("learned", learned), ("random", rand)):
             tr, va = (per_image_norm(xtr), per_image_norm(xva)) if variant.startswith("img-norm") else (xtr, xva)
+            if variant == "half":
+                tr, va = (nn.functional.interpolate(v, scale_factor=0.5, mode="bilinear", antialias=True)
+                          for v in (tr, va))
             if variant.endswith("bn") or variant == "bn-recal":
                 net = recalibrate_bn(net, tr)
-            results[f"{variant}/{which}"] = probe(net, tr, ytr, va, yva, n_cls, a.linear_epochs)
+            grid = cfg["image_size"] // 16 if variant == "tiles" else 0
+            results[f"{variant}/{which}"] = probe(net, tr, ytr, va, yva, n_cls, a.linear_epochs, grid)
             row = "  ".join(f"{n} " + "/".join(f"{v:5.1f}" for v in r.values()) for n, r in
                             results[f"{variant}/{which}"].items())
             print(f"{variant:>12} {which:>7}: {row}   ({time.perf_counter() - t0:.0f} s)", flush=True)
