@@ -12,11 +12,13 @@ and ``natural`` (benches/natural.py: patches of the photographs scikit-image shi
 ".[bench]"``). A run folder that already holds ``eval.json`` is not trained again and a probe already saved
 in it (``probe-linear.json``, ``probe-knn.json``) is not recomputed, so an interrupted bench continues.
 ``--collect`` neither trains nor probes: it only gathers the finished runs under ``--out`` into the results
-(a run still missing a part is named and left out), e.g. after several benches ran side by side.
+(a run still missing a part, or with a part that does not parse, is named and left out), e.g. after several
+benches ran side by side; it needs neither the dataset nor its packages.
 
 Writes (``--results``, default benches/results/): ``quality.csv`` (rows appended: date, commit, host,
 dataset, method, seed, tap, width, linear and kNN top-1 learned / random init, train wall seconds, the train
-command; the commit is the one that trained the run, from its ``bench-train.json``) and ``quality.md`` (the
+command; the commit is the one that trained the run, from its ``bench-train.json``, "unknown" for runs
+trained before it was recorded) and ``quality.md`` (the
 table of this invocation: per run the best tap by linear top-1 and the pooled
 output, then every tap). The verdict column applies the bar of issue 23: at least +5 points linear top-1 at
 the best tap and not below random init at ``pool``. A bench, not a CI test: each default run takes minutes
@@ -117,18 +119,24 @@ def probe(run: Path, protocol: str, root: str | None, linear_epochs: int) -> dic
 
 def rows_of(dataset: str, method: str, seed: int, meta: dict, lin: dict | None, knn: dict | None,
             stamp: dict) -> list[dict]:
-    """One row per tap; a probe that was not run leaves its columns NaN."""
+    """One row per tap; a probe that was not run leaves its columns NaN. Raises KeyError / TypeError /
+    ValueError on a damaged probe (a missing tap or value, probes with different taps, no ``pool``)."""
     nan = {"learned": {"top1": float("nan")}, "random_init": {"top1": float("nan")}}
     taps = (lin or knn)["layers"]["taps"]
+    if lin and knn and set(lin["layers"]["taps"]) != set(knn["layers"]["taps"]):
+        raise ValueError("the linear and kNN probes have different taps")
+    if "pool" not in taps:
+        raise ValueError("no pool tap")
     rows = []
     for tap, r in taps.items():
         li = lin["layers"]["taps"][tap] if lin else nan
         k = knn["layers"]["taps"][tap] if knn else nan
-        rows.append({**stamp, "commit": meta.get("commit", stamp["commit"]), "dataset": dataset, "method": method,
+        rows.append({**stamp, "commit": meta.get("commit", "unknown"), "dataset": dataset, "method": method,
                      "seed": seed, "tap": tap, "width": r["width"],
-                     "linear_learned": li["learned"]["top1"], "linear_random": li["random_init"]["top1"],
-                     "knn_learned": k["learned"]["top1"], "knn_random": k["random_init"]["top1"],
-                     "train_s": meta["seconds"], "command": meta["command"]})
+                     "linear_learned": float(li["learned"]["top1"]),
+                     "linear_random": float(li["random_init"]["top1"]),
+                     "knn_learned": float(k["learned"]["top1"]), "knn_random": float(k["random_init"]["top1"]),
+                     "train_s": float(meta["seconds"]), "command": meta["command"]})
     return rows
 
 
@@ -177,14 +185,30 @@ def main(argv=None) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         p.error(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
-    seeds = [int(s) for s in a.seeds.split(",")]
+    try:
+        seeds = list(dict.fromkeys(int(s) for s in a.seeds.split(",")))
+    except ValueError:
+        p.error(f"--seeds: expected a comma list of integers, got {a.seeds!r}")
+    protocols = [x.strip() for x in a.protocols.split(",") if x.strip()]
+    if not protocols or any(x not in ("linear", "knn") for x in protocols):
+        p.error(f"--protocols: expected linear, knn or linear,knn, got {a.protocols!r}")
+    a.protocols = protocols
+    results = Path(a.results)
+    if results.exists() and not results.is_dir():
+        p.error(f"--results {results} is a file; give a folder (quality.csv and quality.md are written in it)")
+    csv_path = results / "quality.csv"
+    if csv_path.is_file():
+        with open(csv_path, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is not None and header != CSV_FIELDS:
+            p.error(f"{csv_path} has other columns than this bench writes; give another --results folder")
     extra = shlex.split(a.train_args)
     commit = head_commit()
     stamp = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit,
              "host": f"{platform.machine()}-{os.cpu_count()}cpu"}
     groups = []
-    for dataset in [d.strip() for d in a.datasets.split(",") if d.strip()]:
-        root = data_root(dataset)
+    for dataset in dict.fromkeys(d.strip() for d in a.datasets.split(",") if d.strip()):
+        root = None if a.collect else data_root(dataset)  # collecting reads JSON only
         tag = dataset if dataset in DATASETS else Path(dataset).name
         for seed in seeds:
             for method in methods:
@@ -199,11 +223,19 @@ def main(argv=None) -> int:
                 if method == "bow" and not a.collect:
                     teacher = Path(a.out) / tag / f"rotation-s{seed}"
                     train("rotation", seed, root, teacher, extra, None)
-                meta = (json.loads((run / "bench-train.json").read_text()) if a.collect
-                        else train(method, seed, root, run, extra, teacher))
-                lin = probe(run, "linear", root, a.linear_epochs) if "linear" in a.protocols else None
-                knn = probe(run, "knn", root, a.linear_epochs) if "knn" in a.protocols else None
-                rows = rows_of(tag, method, seed, meta, lin, knn, stamp)
+                try:
+                    meta = (json.loads((run / "bench-train.json").read_text()) if a.collect
+                            else train(method, seed, root, run, extra, teacher))
+                    lin = probe(run, "linear", root, a.linear_epochs) if "linear" in a.protocols else None
+                    knn = probe(run, "knn", root, a.linear_epochs) if "knn" in a.protocols else None
+                    rows = rows_of(tag, method, seed, meta, lin, knn, stamp)
+                    verdict(rows)
+                except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as e:
+                    if not a.collect:
+                        raise
+                    print(f"[quality] collect: {run} left out (a damaged part: {type(e).__name__}: {e})",
+                          file=sys.stderr)
+                    continue
                 groups.append(rows)
                 best, pool, v = verdict(rows)
                 print(f"[quality] {tag} {method} seed {seed}: linear best {best['tap']} {best['linear_learned']:.1f} "
@@ -211,9 +243,7 @@ def main(argv=None) -> int:
                       f"{pool['linear_random']:.1f}: {v}", file=sys.stderr, flush=True)
     if not groups:
         raise SystemExit("benches/quality.py: error: no finished run to report")
-    results = Path(a.results)
     results.mkdir(parents=True, exist_ok=True)
-    csv_path = results / "quality.csv"
     new = not csv_path.exists()
     with open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)

@@ -9,8 +9,11 @@ than once counts once: its latest row (by date). Per (dataset, method) and tap: 
 kNN top-1, learned and random init, and of the per-seed gain (learned - random init: both come from the same
 seed's network, so the gain is paired), each with its spread = the sample standard deviation over seeds
 (n - 1; "-" with one seed). The best tap is the tap with the highest mean learned linear top-1 (the field's
-convention, as in quality.py; ties go to the shallower tap, as there). The verdict applies issue 23's bar to
-the means: mean linear gain at the best tap >= 5 points and mean linear gain at ``pool`` >= 0.
+convention, as in quality.py; ties go to the shallower tap, as there; kNN where a group has no linear probe).
+The verdict applies issue 23's bar to the means: mean linear gain at the best tap >= 5 points and mean linear
+gain at ``pool`` >= 0. A seed missing at some tap of its group is left out of the whole group (with a warning),
+so every tap's mean is over the same seeds. ``--json``: the same numbers, each as {"mean", "sd"} (null: no
+spread with one seed, or not measured). Errors are one line, exit 2.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # this checkout's fastssl
+
+from fastssl.base.atomic import atomic_write_text  # noqa: E402
+
 BAR = 5.0  # the same bar as benches/quality.py
 TAP_ORDER = ["stem", "layer1", "layer2", "layer3", "layer4", "block1", "block2", "block3", "block4", "block5",
              "block6", "block7", "block8", "block9", "block10", "block11", "block12", "norm", "pool"]
@@ -40,42 +47,81 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+NUMBERS = ("linear_learned", "linear_random", "knn_learned", "knn_random", "train_s")
+
+
 def load(paths: list[Path]) -> list[dict]:
-    """The rows of every CSV, deduplicated: the latest row per (dataset, method, seed, tap)."""
+    """The rows of every CSV, deduplicated: the latest row per (dataset, method, seed, tap) (on equal dates the
+    later file / line). Raises ValueError naming the file and line of a row that is not a quality.csv row."""
     latest: dict[tuple, dict] = {}
     for path in paths:
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                key = (r["dataset"], r["method"], int(r["seed"]), r["tap"])
-                if key not in latest or r["date"] >= latest[key]["date"]:
-                    latest[key] = r
+        try:
+            with open(path, newline="") as f:
+                for i, r in enumerate(csv.DictReader(f), start=2):
+                    try:
+                        r = {**r, "seed": int(r["seed"]), **{k: float(r[k]) for k in NUMBERS}}
+                        key = (r["dataset"], r["method"], r["seed"], r["tap"])
+                        if key not in latest or r["date"] >= latest[key]["date"]:
+                            latest[key] = r
+                    except (KeyError, TypeError, ValueError) as e:
+                        raise ValueError(f"{path}, line {i}: not a quality.csv row ({type(e).__name__}: {e})") from e
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text CSV file") from None
     return list(latest.values())
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One dict per (dataset, method): seeds, per-tap statistics, best tap, verdict."""
+def summarize(rows: list[dict], warn=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
+    """One dict per (dataset, method): seeds, per-tap statistics, best tap, the probe it was chosen by, verdict."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["method"]), {}).setdefault(r["tap"], []).append(r)
     out = []
     for (dataset, method), taps in sorted(groups.items()):
+        per_tap = {tap: {r["seed"] for r in rs} for tap, rs in taps.items()}
+        seeds = sorted(set.intersection(*per_tap.values()))
+        dropped = sorted(set.union(*per_tap.values()) - set(seeds))
+        if dropped:
+            warn(f"quality_summary: {dataset} {method}: seed(s) {dropped} not measured at every tap, left out")
+        if not seeds:
+            continue
         stats = {}
         for tap, rs in taps.items():
-            s = {"seeds": sorted(int(r["seed"]) for r in rs)}
+            rs = sorted((r for r in rs if r["seed"] in seeds), key=lambda r: r["seed"])
+            s = {"seeds": seeds}
             for probe in ("linear", "knn"):
-                lv = [float(r[f"{probe}_learned"]) for r in rs]
-                rv = [float(r[f"{probe}_random"]) for r in rs]
+                lv = [r[f"{probe}_learned"] for r in rs]
+                rv = [r[f"{probe}_random"] for r in rs]
                 s[probe] = {"learned": mean_sd(lv), "random": mean_sd(rv),
                             "gain": mean_sd([a - b for a, b in zip(lv, rv)])}
-            s["train_s"] = mean_sd([float(r["train_s"]) for r in rs])
+            s["train_s"] = mean_sd([r["train_s"] for r in rs])
             stats[tap] = s
-        seeds = sorted({sd for s in stats.values() for sd in s["seeds"]})
-        best = max(stats, key=lambda t: (stats[t]["linear"]["learned"][0], -_depth(t)))
+        measured = {probe: [t for t, v in stats.items() if not math.isnan(v[probe]["learned"][0])]
+                    for probe in ("linear", "knn")}
+        key = "linear" if measured["linear"] else "knn"
+        cands = measured[key]
+        if not cands:
+            warn(f"quality_summary: {dataset} {method}: no probe measured, left out")
+            continue
+        best = max(cands, key=lambda t: (stats[t][key]["learned"][0], -_depth(t)))
         pool = stats.get("pool")
-        ok = stats[best]["linear"]["gain"][0] >= BAR and pool is not None and pool["linear"]["gain"][0] >= 0
-        out.append({"dataset": dataset, "method": method, "seeds": seeds, "best_tap": best,
-                    "verdict": "learns" if ok else "below the bar", "taps": stats})
+        ok = stats[best][key]["gain"][0] >= BAR and pool is not None and pool[key]["gain"][0] >= 0
+        out.append({"dataset": dataset, "method": method, "seeds": seeds, "best_tap": best, "best_by": key,
+                    "verdict": ("learns" if ok else "below the bar") + ("" if key == "linear" else " (kNN)"),
+                    "taps": stats})
     return out
+
+
+def to_json(summary: list[dict]) -> list[dict]:
+    """The summary with every (mean, sd) as {"mean", "sd"} and NaN as null (strict JSON)."""
+    def conv(v):
+        if isinstance(v, tuple):
+            return {"mean": conv(v[0]), "sd": conv(v[1])}
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return None if isinstance(v, float) and v != v else v
+    return conv(summary)
 
 
 def _pm(ms: tuple[float, float], signed: bool = False) -> str:
@@ -85,6 +131,7 @@ def _pm(ms: tuple[float, float], signed: bool = False) -> str:
 
 
 def markdown(summary: list[dict]) -> str:
+    """The table: per group the best tap's and the pooled output's means ± spreads (NaN: not measured)."""
     lines = ["| dataset | method | seeds | best tap | linear best: learned / random (gain) | "
              "linear pool: learned / random (gain) | kNN pool: learned / random (gain) | train | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -110,17 +157,31 @@ def main(argv=None) -> int:
     missing = [str(c) for c in paths if not c.is_file()]
     if missing:
         p.error(f"no such file: {', '.join(missing)}")
-    rows = load(paths)
-    if a.datasets:
-        rows = [r for r in rows if r["dataset"] in a.datasets.split(",")]
-    if a.methods:
-        rows = [r for r in rows if r["method"] in a.methods.split(",")]
+    if a.json and any(Path(a.json).resolve() == c.resolve() for c in paths):
+        p.error(f"--json {a.json} is one of the input CSVs; give another file")
+    try:
+        rows = load(paths)
+    except ValueError as e:
+        p.error(str(e))
     if not rows:
-        p.error("no rows left to summarize")
+        p.error("the CSV file(s) hold no rows")
+    for col, flag, want in (("dataset", "--datasets", a.datasets), ("method", "--methods", a.methods)):
+        if want:
+            names = [x.strip() for x in want.split(",") if x.strip()]
+            unknown = [x for x in names if not any(r[col] == x for r in rows)]
+            if unknown:
+                p.error(f"{flag}: no rows for {', '.join(unknown)} "
+                        f"(the CSVs have {', '.join(sorted({r[col] for r in rows}))})")
+            rows = [r for r in rows if r[col] in names]
     summary = summarize(rows)
+    if not summary:
+        p.error("nothing left to summarize")
+    print(markdown(summary), end="", flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps(summary, indent=1) + "\n")
-    print(markdown(summary), end="")
+        try:
+            atomic_write_text(a.json, json.dumps(to_json(summary), indent=1) + "\n")
+        except OSError as e:
+            p.error(f"--json {a.json}: {e.strerror or e}")
     return 0
 
 

@@ -122,3 +122,64 @@ def test_collect_gathers_finished_runs_only_and_trains_nothing(tmp_path, monkeyp
     with pytest.raises(SystemExit, match="no finished run"):
         quality.main(["--methods", "bow", "--datasets", "demo", "--seeds", "1", "--out", str(tmp_path / "runs"),
                       "--results", str(res), "--collect"])
+
+
+def test_summary_knn_only_groups_and_partial_seeds(tmp_path):
+    nan = float("nan")
+    rows = [_row("2026-12-07", "jigsaw", s, t, (nan, nan), (40.0 + s + (t == "layer2") * 9, 30.0))
+            for s in range(2) for t in ("stem", "layer2", "pool")]
+    rows.append(_row("2026-12-07", "jigsaw", 2, "pool", (nan, nan), (99.0, 0.0)))  # seed 2 at pool only
+    _write(tmp_path / "q.csv", rows)
+    warnings = []
+    (g,) = quality_summary.summarize(quality_summary.load([tmp_path / "q.csv"]), warn=warnings.append)
+    assert g["seeds"] == [0, 1] and any("seed(s) [2]" in w for w in warnings)
+    assert g["best_tap"] == "layer2" and g["best_by"] == "knn" and g["verdict"] == "learns (kNN)"
+    assert g["taps"]["pool"]["knn"]["learned"] == pytest.approx((40.5, np.std([40.0, 41.0], ddof=1)))
+
+
+def test_summary_errors_and_strict_json(tmp_path):
+    import json
+
+    good = tmp_path / "q.csv"
+    _write(good, [_row("2026-12-07", "mae", 0, "pool", (40.0, 30.0), (20.0, 10.0))])
+    bad = tmp_path / "bad.csv"
+    _write(bad, [_row("2026-12-07", "mae", 0, "pool", ("abc", 30.0), (20.0, 10.0))])
+
+    def cli(*args):
+        return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+    for args, msg in (((bad,), "bad.csv, line 2: not a quality.csv row"),
+                      ((good, "--json", good), "is one of the input CSVs"),
+                      ((good, "--methods", "mae,nosuch"), "--methods: no rows for nosuch"),
+                      ((good, "--json", tmp_path), "--json")):
+        r = cli(*args)
+        assert r.returncode == 2 and msg in r.stderr.strip().splitlines()[-1], (args, r.stderr)
+    assert good.read_text().startswith("date,")  # the input survived
+    r = cli(good, "--methods", " mae ", "--json", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    (g,) = json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert g["taps"]["pool"]["linear"]["gain"] == {"mean": 10.0, "sd": None}
+
+
+def test_collect_leaves_damaged_runs_out_and_validates_flags(tmp_path, capsys):
+    import json
+
+    runs = tmp_path / "runs" / "demo"
+    for m, lin in (("rotation", _probe({"layer2": (42.0, 30.0), "pool": (31.0, 29.0)})), ("inpaint", None)):
+        (runs / f"{m}-s0").mkdir(parents=True)
+        (runs / f"{m}-s0" / "bench-train.json").write_text(json.dumps({"seconds": 3.0, "command": "c"}))
+        (runs / f"{m}-s0" / "probe-linear.json").write_text(json.dumps(lin) if lin else '{"layers": {')
+        (runs / f"{m}-s0" / "probe-knn.json").write_text(json.dumps(_probe({"layer2": (1.0, 2.0),
+                                                                              "pool": (3.0, 4.0)})))
+    res = tmp_path / "res"
+    assert quality.main(["--methods", "rotation,inpaint", "--datasets", "demo", "--out", str(tmp_path / "runs"),
+                         "--results", str(res), "--collect"]) == 0
+    assert "inpaint-s0 left out (a damaged part: JSONDecodeError" in capsys.readouterr().err
+    with open(res / "quality.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"rotation"} and {r["commit"] for r in rows} == {"unknown"}
+    for flags, msg in ((["--seeds", "0,,1"], "--seeds"), (["--protocols", "linaer"], "--protocols"),
+                       (["--results", str(res / "quality.csv")], "is a file")):
+        with pytest.raises(SystemExit) as e:
+            quality.main(["--collect", "--out", str(tmp_path / "runs"), "--datasets", "demo", *flags])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
