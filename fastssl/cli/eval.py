@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     train_src, val_src = data_splits(root, on_bad=args.on_bad, val_list=val_list)
     if val_src is None:
         raise DataError(f"--data {root} has no val/ split to evaluate on (expected {root}/train and {root}/val)")
+    if len(train_src.classes) < 2:
+        raise DataError(f"--data {root} has {len(train_src.classes)} class ({', '.join(train_src.classes)}); "
+                        "a kNN or linear probe needs at least 2 labelled classes (train/<class>/ folders)")
     if args.protocol == "knn" and args.k > len(train_src):
         raise DataError(f"--k {args.k} is larger than the {len(train_src)} training images of {root}")
     names = _tap_list(args.layers, backbone, cfg) if args.layers else None

@@ -188,6 +188,9 @@ class Trainer:
             raise ConfigError(f"run folder {out} already holds a checkpoint; continue it with --resume auto, "
                               "or choose another --out")
         self.train_src, self.val_src = sources or _data_sources(cfg)
+        no_probe = probe_skip_reason(self.train_src, self.val_src)
+        if cfg.get("eval_every") and no_probe:
+            raise ConfigError(f"--eval-every {cfg['eval_every']}: {no_probe}")
         if cfg["batch_size"] % ws:
             raise ConfigError(f"--batch-size {cfg['batch_size']} is not divisible by the {ws} processes")
         local_bs = cfg["batch_size"] // ws
@@ -446,6 +449,17 @@ class Trainer:
 KNN_K, KNN_T = 20, 0.07
 
 
+def probe_skip_reason(train_src, val_src) -> str | None:
+    """Why the run's kNN (final or ``--eval-every``) cannot say anything, or None: no val/ split, or fewer
+    than 2 classes (a single class folder of unlabelled images trains fine, but every probe would read 100%)."""
+    if val_src is None:
+        return "the data has no val/ split to evaluate on"
+    if len(train_src.classes) < 2:
+        return (f"the data has {len(train_src.classes)} class ({', '.join(train_src.classes) or 'none'}); "
+                "a kNN probe needs at least 2 labelled classes")
+    return None
+
+
 def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger, step: int) -> None:
     """kNN at the method's default taps (fastssl.evaluation.taps.default_taps), learned next to the run's
     own random initialization: a table on stdout, ``eval.json`` (its top-level ``learned`` / ``random_init``
@@ -453,8 +467,9 @@ def _final_knn(cfg, method, train_src, val_src, device, out: Path, logger, step:
     from fastssl.evaluation.layers import evaluate_layers, format_table
     from fastssl.evaluation.taps import default_taps
 
-    if val_src is None:
-        print("fastssl.train: the data has no val/ split, skipping the kNN evaluation", file=sys.stderr)
+    no_probe = probe_skip_reason(train_src, val_src)
+    if no_probe:
+        print(f"fastssl.train: {no_probe}, skipping the kNN evaluation", file=sys.stderr)
         return
     n_cls = len(train_src.classes)
     random_init = to_channels_last(_build_model(cfg).to(device))

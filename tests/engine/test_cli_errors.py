@@ -195,13 +195,41 @@ def test_a_crafted_checkpoint_runs_nothing(small, tmp_path):
     (["knn", "--checkpoint", "RUN", "--data", "TRAIN_ONLY"], ["no val/ split"]),
     (["knn", "--checkpoint", "NOT_A_CKPT"], ["cannot read checkpoint"]),
     (["knn", "--checkpoint", "RUN", "--k", "100000"], ["--k 100000 is larger than the", "training images"]),
+    (["linear", "--checkpoint", "RUN", "--data", "ONE_CLASS"], ["has 1 class", "at least 2 labelled classes"]),
+    (["knn", "--checkpoint", "RUN", "--data", "ONE_CLASS", "--export", "EXPORT"], ["has 1 class"]),
 ])
 def test_eval_errors(args, needles, small, tmp_path):
     data, run = small
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    subs = {"RUN": run, "TRAIN_ONLY": data / "train", "NOT_A_CKPT": tmp_path / "junk.pt"}
+    subs = {"RUN": run, "TRAIN_ONLY": data / "train", "NOT_A_CKPT": tmp_path / "junk.pt",
+            "ONE_CLASS": _one_class(data, tmp_path / "one"), "EXPORT": tmp_path / "b.safetensors"}
     r = _cmd("fastssl.eval", [subs.get(a, a) for a in args])
     assert_one_line_error(r, 2, "fastssl.eval", *needles)
+    assert not subs["EXPORT"].exists()  # refused before anything is written
+
+
+def _one_class(data, root):
+    """A copy of ``data`` with only its first class (unlabelled images in one folder, as users keep them)."""
+    cls = sorted(d.name for d in (data / "train").iterdir())[0]
+    for split in ("train", "val"):
+        shutil.copytree(data / split / cls, root / split / cls)
+    return root
+
+
+def test_one_class_trains_without_a_meaningless_knn(small, tmp_path):
+    """A single class folder trains (SSL needs no labels), but its kNN would read a trivial 100%: the final
+    kNN is skipped with a line saying why, and --eval-every (a curve of nothing) is refused up front."""
+    data, _ = small
+    one = _one_class(data, tmp_path / "one")
+    out = tmp_path / "curve"
+    r = _cmd("fastssl.train", _flags(one, out, "--batch-size", "2", "--eval-every", "1"))
+    assert_one_line_error(r, 2, "fastssl.train", "--eval-every 1", "has 1 class", "at least 2")
+    assert not out.exists()
+    out = tmp_path / "run"
+    r = _cmd("fastssl.train", _flags(one, out, "--batch-size", "2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "has 1 class" in r.stderr and "skipping the kNN evaluation" in r.stderr
+    assert (out / "last.pt").exists() and not (out / "eval.json").exists()
 
 
 def test_the_training_loop_imports_no_command_line():
