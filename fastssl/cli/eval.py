@@ -135,7 +135,7 @@ def _export(backbone, cfg: dict, path: str) -> None:
     """Write ``backbone`` as it was built (fastssl.models.save_backbone describes it from the module: every
     constructor argument and its input conversion), so ``load_backbone`` computes the features this run's
     evaluation computes. DataError (nothing written) for a folder that is not there or a network that cannot
-    be described."""
+    be described, or a file name that does not end in ``.safetensors``."""
     from fastssl.data.recipes import IMAGENET_MEAN, IMAGENET_STD
     from fastssl.models import save_backbone
 
@@ -145,6 +145,9 @@ def _export(backbone, cfg: dict, path: str) -> None:
         raise DataError("--export needs a file name, e.g. --export backbone.safetensors")
     if Path(path).expanduser().is_dir():
         raise DataError(f"--export {path}: is a folder; give a file name, e.g. {Path(path) / 'backbone.safetensors'}")
+    if Path(path).suffix != ".safetensors":  # it is safetensors whatever the name; torch.load could not read a .pt
+        raise DataError(f"--export {path}: the backbone is written as safetensors; name the file "
+                        f"{Path(path).with_suffix('.safetensors').name}")
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise DataError(f"--export {path}: {parent} is not a folder")

@@ -197,15 +197,17 @@ def test_a_crafted_checkpoint_runs_nothing(small, tmp_path):
     (["knn", "--checkpoint", "RUN", "--k", "100000"], ["--k 100000 is larger than the", "training images"]),
     (["linear", "--checkpoint", "RUN", "--data", "ONE_CLASS"], ["has 1 class", "at least 2 labelled classes"]),
     (["knn", "--checkpoint", "RUN", "--data", "ONE_CLASS", "--export", "EXPORT"], ["has 1 class"]),
+    (["knn", "--checkpoint", "RUN", "--export", "B_TXT"], ["b.txt", "written as safetensors", "b.safetensors"]),
 ])
 def test_eval_errors(args, needles, small, tmp_path):
     data, run = small
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     subs = {"RUN": run, "TRAIN_ONLY": data / "train", "NOT_A_CKPT": tmp_path / "junk.pt",
-            "ONE_CLASS": _one_class(data, tmp_path / "one"), "EXPORT": tmp_path / "b.safetensors"}
+            "ONE_CLASS": _one_class(data, tmp_path / "one"), "EXPORT": tmp_path / "b.safetensors",
+            "B_TXT": tmp_path / "b.txt"}
     r = _cmd("fastssl.eval", [subs.get(a, a) for a in args])
     assert_one_line_error(r, 2, "fastssl.eval", *needles)
-    assert not subs["EXPORT"].exists()  # refused before anything is written
+    assert not subs["EXPORT"].exists() and not subs["B_TXT"].exists()  # refused before anything is written
 
 
 def _one_class(data, root):
