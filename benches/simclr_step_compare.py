@@ -71,10 +71,16 @@ def child(tag: str, out: str, dtype: str = "float32"):
     import fastssl
     from fastssl.models import to_channels_last
     from fastssl.ops import nt_xent, nt_xent_ref
-    from fastssl.optim import build_optimizer, scaled_lr
-    from fastssl.parallel import convert_global_bn
-    from fastssl.train import parse_config
-    from fastssl.trainer import _autocast, _build_model
+    try:  # the layout before the house was reshaped into layers (3b12efb): 858c187, e8c3da1
+        from fastssl.optim import build_optimizer, scaled_lr
+        from fastssl.parallel import convert_global_bn
+        from fastssl.train import parse_config
+        from fastssl.trainer import _autocast, _build_model
+    except ImportError:  # later commits: fastssl.engine / fastssl.cli
+        from fastssl.cli.train import parse_config
+        from fastssl.engine.optim import build_optimizer, scaled_lr
+        from fastssl.engine.parallel import convert_global_bn
+        from fastssl.engine.trainer import _autocast, _build_model
     dt = getattr(torch, dtype)
     res = {"fastssl_file": fastssl.__file__, "backend": os.environ.get("FASTSSL_BACKEND", "default")}
     cfg = parse_config(["--method", "simclr"])
