@@ -25,6 +25,17 @@ class DataError(FastSSLError, ValueError):
     """A dataset path or file that cannot be used; the message names the path."""
 
 
+def print_line(text: str, file=None) -> None:
+    """Write ``text`` and its newline to stderr as ONE write, then flush: under torchrun every rank prints
+    its error at the same moment, and ``print`` (message and newline as two writes on an unbuffered
+    stream) let two ranks' lines run together into one (a pipe keeps a single write of <= 4 KiB whole)."""
+    import sys
+
+    f = file or sys.stderr
+    f.write(f"{text}\n")
+    f.flush()
+
+
 class cli_warnings:  # noqa: N801 (a context manager used like a function)
     """Within a command line, print each ``warnings.warn`` as one line ``<prog>: warning: <message>``
     (not Python's two-line ``file:line: UserWarning`` form)."""
@@ -39,7 +50,7 @@ class cli_warnings:  # noqa: N801 (a context manager used like a function)
         self._old = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            print(f"{self.prog}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+            print_line(f"{self.prog}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
         warnings.showwarning = show
         return self

@@ -38,7 +38,7 @@ import torch
 
 from fastssl.base import argtypes as at
 from fastssl.base.argtypes import OneLineErrorParser
-from fastssl.base.errors import DataError, FastSSLError, cli_warnings
+from fastssl.base.errors import DataError, FastSSLError, cli_warnings, print_line
 from fastssl.data import dataset_splits as data_splits  # (kept importable here under its old name)
 from fastssl.evaluation import (  # noqa: F401 (the names this module always offered)
     backbone_from_checkpoint,
@@ -242,13 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run(args)
         except FastSSLError as e:
-            print(f"fastssl.eval: error: {e}", file=sys.stderr)
+            print_line(f"fastssl.eval: error: {e}")
             return 2
         except OSError as e:  # e.g. --export into a folder that cannot be written
-            print(f"fastssl.eval: error: {e}", file=sys.stderr)
+            print_line(f"fastssl.eval: error: {e}")
             return 1
         except KeyboardInterrupt:
-            print("fastssl.eval: interrupted (SIGINT)", file=sys.stderr)
+            print_line("fastssl.eval: interrupted (SIGINT)")
             return 130
 
 

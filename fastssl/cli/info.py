@@ -12,6 +12,8 @@ import importlib
 import platform
 import sys
 
+from fastssl.base.errors import print_line
+
 
 def _version(module: str) -> str:
     try:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{key:<{width}}  {value}")
     for problem in problems:
-        print(f"fastssl.info: error: {problem}", file=sys.stderr)
+        print_line(f"fastssl.info: error: {problem}")
     return 1 if problems else 0
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from fastssl.base import argtypes as at
 from fastssl.base.argtypes import OneLineErrorParser
-from fastssl.base.errors import ConfigError, FastSSLError, cli_warnings
+from fastssl.base.errors import ConfigError, FastSSLError, cli_warnings, print_line
 from fastssl.engine import gradcache
 from fastssl.engine.optim import OPTIMIZERS
 from fastssl.engine.runconfig import RUNTIME_KEYS  # noqa: F401 (kept importable from here)
@@ -267,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = parse_config(argv)
         except FastSSLError as e:
-            print(f"fastssl.train: error: {e}", file=sys.stderr)
+            print_line(f"fastssl.train: error: {e}")
             return 2
         from fastssl.engine.trainer import train
 
@@ -279,23 +278,23 @@ def main(argv: list[str] | None = None) -> int:
                 return dry_run(cfg)
             return train(cfg)
         except ConfigError as e:
-            print(f"fastssl.train: error: {e}", file=sys.stderr)
+            print_line(f"fastssl.train: error: {e}")
             return 2
         except FastSSLError as e:
-            print(f"fastssl.train: error: {e}", file=sys.stderr)
+            print_line(f"fastssl.train: error: {e}")
             return 1
         except OSError as e:  # a run folder or checkpoint that cannot be written (permissions, disk full)
             out = cfg.get("out")
             if out and e.filename and str(e.filename).startswith(str(out)):
-                print(f"fastssl.train: error: --out {out}: cannot write the run folder ({e.strerror or e}: "
-                      f"{e.filename})", file=sys.stderr)
+                print_line(f"fastssl.train: error: --out {out}: cannot write the run folder ({e.strerror or e}: "
+                           f"{e.filename})")
             else:
-                print(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+                print_line(f"fastssl.train: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))
             return 1
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (set-up, data checks, final kNN)
             out = cfg.get("out")
             where = f"; checkpoint, if one was written: {Path(out) / 'last.pt'}" if out and not dry else ""
-            print(f"fastssl.train: interrupted (SIGINT) outside the training loop{where}", file=sys.stderr)
+            print_line(f"fastssl.train: interrupted (SIGINT) outside the training loop{where}")
             return 130
 
 

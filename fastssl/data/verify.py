@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="dataset root (train/ [+ val/] of class folders, or class folders)")
     p.add_argument("--workers", type=_workers, default=min(32, os.cpu_count() or 1), help="decoding threads")
     args = p.parse_args(argv)
-    from fastssl.base.errors import DataError
+    from fastssl.base.errors import DataError, print_line
 
     root = Path(args.data).expanduser()
     splits = [root / s for s in ("train", "val") if (root / s).is_dir()] or [root]
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             total += n
             bad += b
     except DataError as e:
-        print(f"fastssl.data.verify: error: {e}", file=sys.stderr)
+        print_line(f"fastssl.data.verify: error: {e}")
         return 2
     for f, r in bad:
         print(f"{f}: {r}")

@@ -272,3 +272,32 @@ def test_parser_errors_are_one_line_without_the_usage_block(module, args):
     lines = [x for x in r.stderr.strip().splitlines() if not x.startswith("W1")]  # torch's CUDA_HOME notice
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
     assert lines[0].startswith(f"{module}: error: "), lines
+
+
+def test_error_lines_are_single_writes():
+    """Every rank under torchrun prints its error at the same moment: each line must reach the pipe as ONE
+    write (message and newline together), or two ranks' lines run together (seen in CI). print_line does
+    that, and no command line prints an error line another way."""
+    import pathlib
+    import re
+
+    from fastssl.base.errors import print_line
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, s):
+            self.writes.append(s)
+
+        def flush(self):
+            pass
+
+    rec = Recorder()
+    print_line("fastssl.train: error: x", file=rec)
+    assert rec.writes == ["fastssl.train: error: x\n"]
+    root = pathlib.Path(__file__).resolve().parents[2] / "fastssl"
+    bad = [f"{f.relative_to(root)}:{i}" for f in root.rglob("*.py")
+           for i, line in enumerate(f.read_text().splitlines(), 1)
+           if re.search(r'print\(f?"fastssl\.[\w.]+: (error|warning)', line)]
+    assert not bad, f"error/warning lines printed with print(), not print_line: {bad}"
