@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from fastssl.methods._tiles import GRID, TileMethod, add_tile_args, arrange
+from fastssl.methods._tiles import GRID, TILE_IMAGE_SIZE, TileMethod, add_tile_args, arrange
 from fastssl.methods.base import register
 from fastssl.ops import jigsaw_permutations
 
@@ -34,11 +34,9 @@ class Jigsaw(TileMethod):
     recipe = "jigsaw"
     n_tiles = GRID * GRID  # in the shuffled order
     picture_columns = ["shuffled", "true order", "predicted order"]
-    # Demo defaults (64 px, 16 px tiles in 21 px cells), measured: docs/methods/jigsaw.md. 5 epochs, not 15:
-    # on 16 px tiles layer3 / layer4 see 1x1 maps, and with longer training they specialize to the puzzle and
-    # fall below random init on whole images (demo, kNN at 5 / 15 epochs: layer2 59.0 / 55.4, pool 37.2 / 32.2,
-    # random init 42.3 / 36.8); every tap was better at 5 epochs.
-    defaults = dict(arch="resnet18", width=16, image_size=64, batch_size=256, epochs=5, optimizer="sgd",
+    # Demo defaults, measured: docs/methods/jigsaw.md. 128 px (TILE_IMAGE_SIZE: the scale gap) and 5 epochs, not
+    # 15: at 64 px, longer training made every tap worse.
+    defaults = dict(arch="resnet18", width=16, image_size=TILE_IMAGE_SIZE, batch_size=256, epochs=5, optimizer="sgd",
                     lr=0.1, weight_decay=5e-4, warmup_epochs=1)
 
     @staticmethod

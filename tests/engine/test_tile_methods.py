@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastssl.cli import train as train_cli
+from fastssl.evaluation.taps import trunk
 from fastssl.methods import build_method
 from fastssl.methods.rotation import rotate_all
 from fastssl.ops.sample_tiles import neighbour_cell
@@ -52,6 +53,21 @@ def test_jigsaw_and_context_tile_geometry():
     assert [neighbour_cell(k) for k in range(8)] == [0, 1, 2, 3, 5, 6, 7, 8]
 
 
+
+@pytest.mark.parametrize("method", ["jigsaw", "context"])
+def test_default_tiles_give_layer3_a_spatial_map(method):
+    """Issue 23's scale gap (docs/methods/jigsaw.md): on the old 64 px default's 16 px tiles the ResNet's layer3
+    and layer4 saw 1x1 maps, so their 3x3 convolutions trained only the centre tap and the deep taps fell below
+    random init on whole images. The default must give training tiles on which layer3 is at least 2x2."""
+    cfg = train_cli.parse_config(["--method", method])
+    m = build_method(method, cfg)
+    assert cfg["image_size"] == 128 and m.tile == 32
+    seen = {}
+    trunk(m.backbone).layer3.register_forward_hook(lambda mod, inp, out: seen.update(shape=out.shape))
+    with torch.no_grad():
+        m.backbone.eval()(torch.zeros(1, 3, m.tile, m.tile))
+    assert tuple(seen["shape"][2:]) == (2, 2), seen["shape"]
+
 def test_rotate_all_is_four_quarter_turns():
     x = torch.randn(3, 2, 5, 5)
     r, y = rotate_all(x)
@@ -78,7 +94,7 @@ def test_visualize_writes_a_png(method, tmp_path):
     [
         (["--method", "jigsaw", "--permutations", "1"], "argument --permutations: must be in [2, 1000]"),
         (["--method", "jigsaw", "--permutations", "5000"], "argument --permutations: must be in [2, 1000]"),
-        (["--method", "context", "--tile", "30"], "--tile 30 does not fit a grid cell of 21 px"),
+        (["--method", "context", "--tile", "50"], "--tile 50 does not fit a grid cell of 42 px"),
         (["--method", "jigsaw", "--gray-p", "1.5"], "argument --gray-p: must be in [0, 1]"),
         (["--method", "context", "--drop-p", "-0.1"], "argument --drop-p: must be in [0, 1]"),
         (["--method", "rotation", "--head-hidden", "0"], "argument --head-hidden: must be >= 1"),
