@@ -13,10 +13,10 @@ variants of what the network is given at evaluation:
 - ``img-norm``     each image standardized per channel (the normalization every training tile got);
 - ``img-norm+bn``  both;
 - ``half``         each image resized to half its size (64 -> 32 px: layer4 1x1, as on a training tile);
-- ``tiles``        each image cut into a 4x4 grid of tiles the size of a training tile (16 px of a 64 px
-                   image), every tile through the network on its own, each tap's features averaged over
-                   the 16 tiles: the network at the scale it was trained on. ``half`` and ``tiles`` test
-                   the scale gap (docs/methods/jigsaw.md).
+- ``tiles``        each image cut into a grid of tiles the size of a training tile (``tile_grid``: 4x4 of
+                   16 px at 64 px, of 32 px at 128 px), every tile through the network on its own, each
+                   tap's features averaged over the tiles: the network at the scale it was trained on.
+                   ``half`` and ``tiles`` test the scale gap (docs/methods/jigsaw.md).
 
 The numbers are a diagnosis, not the reported protocol (the protocol is ``python -m fastssl.eval``).
 
@@ -47,6 +47,7 @@ from fastssl.evaluation import backbone_from_checkpoint
 from fastssl.evaluation.knn import knn_classify
 from fastssl.evaluation.linear import linear_probe
 from fastssl.evaluation.taps import Taps
+from fastssl.methods._tiles import tile_size
 
 TAPS = ["layer1", "layer2", "layer3", "layer4", "pool"]
 
@@ -79,6 +80,13 @@ def recalibrate_bn(backbone: nn.Module, x: torch.Tensor, batch: int = 256) -> nn
     for i in range(0, len(x), batch):
         b(x[i:i + batch])
     return b.eval()
+
+
+def tile_grid(cfg: dict) -> int:
+    """How many training tiles fit along a side of the run's image: ``--image-size // tile``, the tile being the
+    run's (``--tile`` or its default, ``fastssl.methods._tiles.tile_size``): 4 at 64 px (16 px tiles) and at
+    128 px (32 px tiles)."""
+    return cfg["image_size"] // tile_size({**cfg, "tile": cfg.get("tile")})
 
 
 def grid_tiles(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -219,7 +227,7 @@ def main(argv=None) -> int:
                           for v in (tr, va))
             if variant.endswith("bn") or variant == "bn-recal":
                 net = recalibrate_bn(net, tr)
-            grid = cfg["image_size"] // 16 if variant == "tiles" else 0
+            grid = tile_grid(cfg) if variant == "tiles" else 0
             results[f"{variant}/{which}"] = probe(net, tr, ytr, va, yva, n_cls, a.linear_epochs, grid)
             row = "  ".join(f"{n} " + "/".join(f"{v:5.1f}" for v in r.values()) for n, r in
                             results[f"{variant}/{which}"].items())

@@ -183,3 +183,14 @@ def test_collect_leaves_damaged_runs_out_and_validates_flags(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             quality.main(["--collect", "--out", str(tmp_path / "runs"), "--datasets", "demo", *flags])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_tile_diagnosis_cuts_training_sized_tiles():
+    """`--variants tiles` cut 16 px tiles whatever the run's size; at the 128 px default the training tile is 32 px
+    (found by a new-user probe: the diagnosis silently measured another scale)."""
+    import tile_diagnosis
+
+    assert tile_diagnosis.tile_grid({"image_size": 64, "tile": None}) == 4  # 16 px tiles
+    assert tile_diagnosis.tile_grid({"image_size": 128, "tile": None}) == 4  # 32 px tiles, not 8 of 16 px
+    assert tile_diagnosis.tile_grid({"image_size": 128, "tile": 20}) == 6
+    assert tile_diagnosis.tile_grid({"image_size": 255}) == 3  # no "tile" key (the ImageNet preset's 64 px tiles)

@@ -57,7 +57,8 @@ def tile_size(cfg: dict) -> int:
 
 def add_tile_args(group, gray_p: float, drop_p: float) -> None:
     group.add_argument("--tile", type=positive_int, default=None,
-                       help="tile side in px (default: 3/4 of a grid cell: 32 px at the default --image-size 128)")
+                       help="tile side in px; when not set, 3/4 of a grid cell (of --image-size / 3): 32 px at the "
+                       "demo's 128 px")
     group.add_argument("--gray-p", type=probability, default=gray_p, help="per-sample grayscale probability")
     group.add_argument("--drop-p", type=probability, default=drop_p,
                        help="per-sample colour dropping probability (keep one random channel)")

@@ -53,6 +53,14 @@ def test_help_without_a_method_does_not_show_defaults_no_run_uses():
     assert "set by the method" not in flat
 
 
+def test_help_shows_zero_and_method_defaults_of_the_tile_flags():
+    # A default of 0.0 was hidden (0.0 == False); the tile methods' image size is theirs (128 px, issue 23).
+    flat = " ".join(_train(["--method", "jigsaw", "--help"]).stdout.split())
+    assert "random channel) (default: 0.0)" in flat and "(default: 128)" in flat, flat
+    flat = " ".join(_train(["--config", "imagenet/jigsaw", "--help"]).stdout.split())
+    assert "32 px at the demo's 128 px (default: 64)" in flat, flat  # the preset's --tile
+
+
 def test_chunked_dry_run_on_a_cpu_measures_two_chunks(tiny_args, tmp_path):
     # A chunked dry run kept the config's whole batch, also on a CPU (imagenet/simclr: 4096 ResNet-50 images a
     # step); on a CPU it now measures 2 chunks per process, and says so.
