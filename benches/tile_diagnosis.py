@@ -86,7 +86,7 @@ def tile_grid(cfg: dict) -> int:
     """How many training tiles fit along a side of the run's image: ``--image-size // tile``, the tile being the
     run's (``--tile`` or its default, ``fastssl.methods._tiles.tile_size``): 4 at 64 px (16 px tiles) and at
     128 px (32 px tiles)."""
-    return cfg["image_size"] // tile_size({**cfg, "tile": cfg.get("tile")})
+    return cfg["image_size"] // tile_size(cfg)
 
 
 def grid_tiles(x: torch.Tensor, grid: int) -> torch.Tensor:

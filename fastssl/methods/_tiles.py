@@ -51,8 +51,9 @@ def tile_norm(cfg: dict) -> str:
 
 
 def tile_size(cfg: dict) -> int:
-    """``--tile``, or 3/4 of a cell (Noroozi & Favaro: 64 px tiles in 85 px cells): 32 px at 128 px, 16 px at 64."""
-    return cfg["tile"] or max(1, round(0.75 * (cfg["image_size"] // GRID)))
+    """``--tile``, or 3/4 of a cell (Noroozi & Favaro: 64 px tiles in 85 px cells): 32 px at 128 px, 16 px at 64.
+    A config without a ``tile`` key (a preset that leaves it out) gets the default."""
+    return cfg.get("tile") or max(1, round(0.75 * (cfg["image_size"] // GRID)))
 
 
 def add_tile_args(group, gray_p: float, drop_p: float) -> None:

@@ -25,7 +25,7 @@ class Context(TileMethod):
     picture_columns = ["centre", "neighbour", "true position", "predicted"]
     # Demo defaults, measured: docs/methods/context.md. 128 px (the demo's 64 px images upsampled): 32 px tiles
     # in 42 px cells, for jigsaw's reason (the scale gap of 16 px tiles; _tiles.py's TILE_IMAGE_SIZE).
-    # 30 epochs: 10 were worse on the demo at every tap from layer2 on (seed 0, 128 px).
+    # 30 epochs: 10 and 60 were each worse on the demo at every tap from layer2 on (seed 0, 128 px).
     defaults = dict(arch="resnet18", width=16, image_size=TILE_IMAGE_SIZE, batch_size=256, epochs=30, optimizer="sgd",
                     lr=0.1, weight_decay=5e-4, warmup_epochs=1)
 

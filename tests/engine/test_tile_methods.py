@@ -53,7 +53,6 @@ def test_jigsaw_and_context_tile_geometry():
     assert [neighbour_cell(k) for k in range(8)] == [0, 1, 2, 3, 5, 6, 7, 8]
 
 
-
 @pytest.mark.parametrize("method", ["jigsaw", "context"])
 def test_default_tiles_give_layer3_a_spatial_map(method):
     """Issue 23's scale gap (docs/methods/jigsaw.md): on the old 64 px default's 16 px tiles the ResNet's layer3
@@ -67,6 +66,7 @@ def test_default_tiles_give_layer3_a_spatial_map(method):
     with torch.no_grad():
         m.backbone.eval()(torch.zeros(1, 3, m.tile, m.tile))
     assert tuple(seen["shape"][2:]) == (2, 2), seen["shape"]
+
 
 def test_rotate_all_is_four_quarter_turns():
     x = torch.randn(3, 2, 5, 5)
