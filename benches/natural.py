@@ -73,14 +73,16 @@ def regions(h: int, w: int) -> dict[str, tuple[int, int, int, int]]:
     return {"train": (0, 0, cut - GAP // 2, w), "val": (cut + GAP // 2, 0, h, w)}
 
 
-def crop(photo: np.ndarray, region: tuple[int, int, int, int], rng: np.random.Generator, size: int) -> np.ndarray:
-    """One ``size`` px patch (uint8 HxWx3) of a random square inside ``region`` with some content."""
+def crop(photo: np.ndarray, region: tuple[int, int, int, int], rng: np.random.Generator, size: int,
+         min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> np.ndarray:
+    """One ``size`` px patch (uint8 HxWx3) of a random square of side in [min_side, max_side] (clipped to the
+    region) inside ``region`` with some content. ValueError if the region is narrower than ``min_side``."""
     y0, x0, y1, x1 = region
-    top = min(MAX_SIDE, y1 - y0, x1 - x0)
-    if top < MIN_SIDE:
-        raise ValueError(f"region {region} is smaller than a {MIN_SIDE} px crop")
+    top = min(max_side, y1 - y0, x1 - x0)
+    if top < min_side:
+        raise ValueError(f"region {region} is smaller than a {min_side} px crop")
     for _ in range(100):
-        s = int(rng.integers(MIN_SIDE, top + 1))
+        s = int(rng.integers(min_side, top + 1))
         y, x = int(rng.integers(y0, y1 - s + 1)), int(rng.integers(x0, x1 - s + 1))
         patch = photo[y:y + s, x:x + s]
         luma = patch @ np.array([0.299, 0.587, 0.114])
@@ -90,7 +92,7 @@ def crop(photo: np.ndarray, region: tuple[int, int, int, int], rng: np.random.Ge
 
 
 def generate_natural(out: str | os.PathLike, seed: int = 0, n_train: int = 400, n_val: int = 100,
-                     size: int = 64) -> Path:
+                     size: int = 64, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> Path:
     """Write ``n_train`` train and ``n_val`` val patches per photograph into ``out`` (see module doc)."""
     out = Path(out)
     for k, (name, photo) in enumerate(load_photos().items()):
@@ -100,21 +102,35 @@ def generate_natural(out: str | os.PathLike, seed: int = 0, n_train: int = 400, 
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 rng = np.random.default_rng([int(seed), k, split_id, i])
-                Image.fromarray(crop(photo, reg[split], rng, size)).save(folder / f"{i:06d}.JPEG", quality=QUALITY)
+                patch = crop(photo, reg[split], rng, size, min_side, max_side)
+                Image.fromarray(patch).save(folder / f"{i:06d}.JPEG", quality=QUALITY)
     return out
 
 
+def variant_name(seed: int, n_train: int, n_val: int, size: int, min_side: int = MIN_SIDE,
+                 max_side: int = MAX_SIDE) -> str:
+    """The folder name of one set; the set's own crop sides keep the name they always had."""
+    name = f"photos{len(PHOTOS)}-{VERSION}-s{seed}-{n_train}-{n_val}-{size}"
+    return name if (min_side, max_side) == (MIN_SIDE, MAX_SIDE) else f"{name}-c{min_side}-{max_side}"
+
+
 def natural_root(seed: int = 0, *, n_train: int = 400, n_val: int = 100, size: int = 64,
+                 min_side: int = MIN_SIDE, max_side: int = MAX_SIDE,
                  cache: str | os.PathLike | None = None) -> Path:
-    """The set's root (train/ and val/), generated on first use under ``$FASTSSL_CACHE/natural``."""
+    """The set's root (train/ and val/), generated on first use under ``$FASTSSL_CACHE/natural``.
+    Other crop sides than the set's own (``MIN_SIDE``-``MAX_SIDE``) make a variant folder, ``-c<min>-<max>``
+    appended to the name (the tile-task diagnosis of docs/methods/jigsaw.md uses 96-256)."""
+    if not 1 <= min_side <= max_side:
+        raise ValueError(f"crop sides must satisfy 1 <= min_side <= max_side, got {min_side}, {max_side}")
     base = Path(cache) if cache is not None else cache_dir() / "natural"
-    final = base / f"photos{len(PHOTOS)}-{VERSION}-s{seed}-{n_train}-{n_val}-{size}"
+    final = base / variant_name(seed, n_train, n_val, size, min_side, max_side)
 
     def fill(tmp: Path) -> dict:
         t0 = time.perf_counter()
-        generate_natural(tmp, seed=seed, n_train=n_train, n_val=n_val, size=size)
+        generate_natural(tmp, seed=seed, n_train=n_train, n_val=n_val, size=size, min_side=min_side,
+                         max_side=max_side)
         return dict(version=VERSION, seed=seed, n_train=n_train, n_val=n_val, size=size, photos=PHOTOS,
-                    min_side=MIN_SIDE, max_side=MAX_SIDE, gap=GAP, val_fraction=VAL_FRACTION,
+                    min_side=min_side, max_side=max_side, gap=GAP, val_fraction=VAL_FRACTION,
                     seconds=round(time.perf_counter() - t0, 2))
 
     return cached_folder(final, fill)
@@ -128,5 +144,12 @@ if __name__ == "__main__":
     p.add_argument("--n-train", type=int, default=400, help="train patches per photograph")
     p.add_argument("--n-val", type=int, default=100, help="val patches per photograph")
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--min-side", type=int, default=MIN_SIDE, help="smallest crop side in source px")
+    p.add_argument("--max-side", type=int, default=MAX_SIDE, help="largest crop side in source px")
     a = p.parse_args()
-    print(natural_root(a.seed, n_train=a.n_train, n_val=a.n_val, size=a.size), file=sys.stdout)
+    try:
+        root = natural_root(a.seed, n_train=a.n_train, n_val=a.n_val, size=a.size, min_side=a.min_side,
+                            max_side=a.max_side)
+    except (ValueError, ModuleNotFoundError) as e:
+        p.error(str(e))
+    print(root, file=sys.stdout)
