@@ -148,4 +148,4 @@ def test_tiny_halves_run_end_to_end(tiny_data, tmp_path):
     ev = json.loads((out / "eval.json").read_text())
     assert 0 <= ev["learned"]["top1"] <= 100 and 0 <= ev["random_init"]["top1"] <= 100
     ck = torch.load(out / "last.pt", weights_only=False)
-    assert ck["config"]["keep"] == 0.5 and all(g["betas"] == (0.9, 0.95) for g in ck["optimizer"]["param_groups"])
+    assert ck["config"]["keep"] == 0.25 and all(g["betas"] == (0.9, 0.95) for g in ck["optimizer"]["param_groups"])
