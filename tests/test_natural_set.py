@@ -3,6 +3,7 @@ on a synthetic photograph: no scikit-image needed."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,3 +60,41 @@ def test_bad_sides_are_refused_before_anything_is_written(sides, tmp_path):
     with pytest.raises(ValueError, match="min_side <= max_side"):
         natural.natural_root(0, min_side=sides[0], max_side=sides[1], cache=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_passes_the_sides_to_every_crop(tmp_path, monkeypatch):
+    photos = {"a": _photo(300, 400), "b": _photo(400, 300)}
+    seen = []
+    real = natural.crop
+
+    def spy(photo, region, rng, size, min_side, max_side):
+        seen.append((min_side, max_side))
+        return real(photo, region, rng, size, min_side, max_side)
+
+    monkeypatch.setattr(natural, "crop", spy)
+    natural.generate_natural(tmp_path / "set", n_train=3, n_val=2, size=24, min_side=70, max_side=90,
+                             photos=photos)
+    assert seen == [(70, 90)] * 10
+    files = sorted(p.relative_to(tmp_path / "set").parts[:2] for p in (tmp_path / "set").rglob("*.JPEG"))
+    assert files == [("train", "00_a")] * 3 + [("train", "01_b")] * 3 + [("val", "00_a")] * 2 + [("val", "01_b")] * 2
+    assert all(PIL.Image.open(p).size == (24, 24) for p in (tmp_path / "set").rglob("*.JPEG"))
+
+
+def test_a_min_side_wider_than_a_region_names_the_photo_and_what_fits(tmp_path):
+    # narrow (300 x 200): cut along its height at 225, val rows 229..300 (GAP 8): a strip 71 px across
+    photos = {"wide": _photo(300, 400), "narrow": _photo(300, 200)}
+    with pytest.raises(ValueError, match=r"val region of narrow \(71 px across\): at most 71"):
+        natural.generate_natural(tmp_path / "set", n_train=1, n_val=1, size=8, min_side=72, max_side=90,
+                                 photos=photos)
+    assert not (tmp_path / "set").exists()  # refused before any patch is written
+    natural.generate_natural(tmp_path / "ok", n_train=1, n_val=1, size=8, min_side=71, max_side=90, photos=photos)
+
+
+@pytest.mark.parametrize("flags,needle", [(["--seed", "-1"], "--seed"), (["--n-val", "0"], "--n-val"),
+                                          (["--size", "x"], "--size"), (["--min-side", "0"], "--min-side")])
+def test_cli_bad_flag_is_one_line_naming_it(flags, needle):
+    script = Path(__file__).resolve().parents[1] / "benches" / "natural.py"
+    r = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("natural.py: error: argument " + needle), r.stderr

@@ -1,18 +1,19 @@
 """``halves`` — complementary masked halves (a pretext task of fastssl's own).
 
 The task: take two augmented views of an image (the ``simclr`` recipe: random resized crop, flip,
-colour jitter, grayscale, blur, solarize), split the ViT patch grid into two **disjoint** random
-halves, let the encoder see only view 1's patches at the first half's positions and only view 2's
-patches at the other half's, mean-pool each pass's tokens, and make the two pooled embeddings of an
-image find each other among the batch (NT-Xent over the 2N halves, cosine / temperature).
+colour jitter, grayscale, blur, solarize), draw two **disjoint** random sets of K = round(keep x L)
+patch positions (at least 1, at most L // 2; ``--keep 0.5``: complementary halves, the name's origin; the
+default 0.25: a quarter each), let the encoder see only view 1's patches at the first set's positions and
+only view 2's at the second's, mean-pool each pass's tokens, and make the two pooled embeddings of an image
+find each other among the batch (NT-Xent over the 2N "halves", cosine / temperature).
 
 Why it should learn transferable features: the two halves share no patch position and, through the
 augmentations, no exact colours or crop, so the only way to match them among the batch is to encode
 what both halves have in common — the object's shape, its extent, its texture statistics, not the
-pixels of any one patch. Masking half the tokens makes each pass cost half of a full-image pass (the
-encoder runs on the visible tokens only, ``fastssl.ops.masked_patch_embed``), so a step over two views
-costs what one full view costs. Optionally (``--recon-weight w > 0``) a light MAE decoder also
-reconstructs each view's hidden half from its visible half (``fastssl.ops.unshuffle`` +
+pixels of any one patch. Each pass runs on its visible tokens only (``fastssl.ops.masked_patch_embed``):
+at ``--keep 0.5`` a step over two views costs about what one full view costs, at 0.25 about half that.
+Optionally (``--recon-weight w > 0``) a light MAE decoder also
+reconstructs each view's hidden patches from its visible ones (``fastssl.ops.unshuffle`` +
 ``masked_patch_mse``), adding a local, pixel-level signal to the global one.
 
 Related work: SplitMask (El-Nouby et al. 2021, "Are Large-scale Datasets Necessary for
