@@ -4,7 +4,9 @@
 Otherwise, under the file lock ``<final>.lock`` (so concurrent DDP ranks generate it once), it deletes an
 incomplete ``final`` (an interrupted run), calls ``generate(tmp)`` on a fresh temporary folder
 ``<final.name>.tmp-*`` next to it, writes the dict ``generate`` returns as the marker's JSON, and renames the
-temporary folder into place; on any error the temporary folder is removed and the error re-raised.
+temporary folder into place; on any error the temporary folder is removed and the error re-raised. A
+temporary folder left by a process killed while generating (SIGTERM / SIGKILL skip that cleanup) is removed
+the next time, under the lock: no live process can be writing it then.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def cached_folder(final: str | os.PathLike, generate: Callable[[Path], dict], *,
             announce(stale)
         if stale:
             shutil.rmtree(final)
+        for leftover in final.parent.iterdir():  # a killed generator's temporary folder; we hold the lock
+            if leftover.name.startswith(final.name + ".tmp-"):
+                shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
         try:
             meta = generate(tmp)
