@@ -147,7 +147,7 @@ def natural_root(seed: int = 0, *, n_train: int = 400, n_val: int = 100, size: i
     appended to the name (the tile-task diagnosis of docs/methods/jigsaw.md uses 96-256)."""
     if not 1 <= min_side <= max_side:
         raise ValueError(f"crop sides must satisfy 1 <= min_side <= max_side, got {min_side}, {max_side}")
-    if min(seed, n_train - 1, n_val - 1, size - 1) < 0:
+    if seed < 0 or min(n_train, n_val, size) < 1:
         raise ValueError(f"need seed >= 0, n_train, n_val and size >= 1; got {seed}, {n_train}, {n_val}, {size}")
     base = Path(cache) if cache is not None else cache_dir() / "natural"
     final = base / variant_name(seed, n_train, n_val, size, min_side, max_side)
