@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import exit_spawned_worker
 from torch import nn
 
 from fastssl.cli import train as train_cli
@@ -183,6 +184,7 @@ def _ddp_worker(rank, port, chunk, out):
         out[rank] = (loss.item(), loss2.item(), _grads(m), _grads(m2))
     finally:
         dist.destroy_process_group()
+    exit_spawned_worker()  # teardown can abort after a pass (tests/helpers.py)
 
 
 def test_two_gloo_processes_equal_the_unchunked_ddp_step_and_one_process():
