@@ -13,6 +13,9 @@ error over the removed region only (Sec. 3.2, L_rec). ``--overlap P`` (center ma
 code's ``overlapPred``, 4 px of a 64 px centre) keeps a band of P px inside the centre square visible
 to the encoder while the loss still covers the whole square, with weight ``--overlap-weight`` (10 in
 the released code) on that band and 1 inside.
+``--norm-pix P``: the target is per-patch standardized pixels of P x P patches (MAE's norm_pix_loss), each
+patch weighted by its pixels' mean loss weight; ``--input-norm image``: the encoder standardizes each image per
+channel first (``StandardizedInput``), at evaluation too. Both off by default (docs/methods/inpaint.md).
 
 Adversarial term (Sec. 3.2), off by default (the paper's "L2 only" variant, which its Table 2 reports
 for feature learning): ``--adv-weight w > 0`` adds a discriminator D (fastssl.models.discriminator,
@@ -41,7 +44,18 @@ from fastssl.base.argtypes import ranged
 from fastssl.base.errors import ConfigError
 from fastssl.base.viz import denormalize, save_grid
 from fastssl.methods.base import Method, register
-from fastssl.methods.generative import image_decoder, non_negative, positive_int, require_resnet
+from fastssl.methods.generative import (
+    add_input_norm_arg,
+    add_norm_pix_arg,
+    check_norm_pix,
+    image_decoder,
+    non_negative,
+    positive_int,
+    reconstruction_loss,
+    require_resnet,
+    unnormalize_patches,
+    wrap_input,
+)
 from fastssl.models.decoder import ChannelwiseFC, feature_stride
 from fastssl.models.discriminator import Discriminator
 
@@ -111,10 +125,16 @@ class Inpaint(Method):
                             "inpainted region (0: off, L2 only; the paper: 0.001)")
         g.add_argument("--disc-width", type=positive_int, default=32,
                        help="discriminator width (first conv's channels; the released code: 64)")
+        add_norm_pix_arg(g, default=0)
+        add_input_norm_arg(g, default="none")
 
     @classmethod
     def check_config(cls, cfg):
         require_resnet(cfg, "inpaint")
+        check_norm_pix(cfg)
+        if cfg.get("norm_pix") and cfg.get("adv_weight"):
+            raise ConfigError("--norm-pix with --adv-weight: the discriminator judges pixels, and a --norm-pix "
+                              "prediction is per-patch normalized; use one of them")
         if cfg["overlap"] and cfg["mask"] != "center":
             raise ConfigError("--overlap applies to --mask center only")
         side = max(1, round(cfg["hole"] * cfg["image_size"]))
@@ -124,6 +144,7 @@ class Inpaint(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.backbone = wrap_input(self.backbone, cfg)
         s = cfg["image_size"]
         feature_stride(self.backbone)  # a ResNet (ValueError otherwise)
         h = self._feature_size(s)
@@ -186,8 +207,7 @@ class Inpaint(Method):
         x = views[0]
         removed, weight = self.masks(x)
         pred = self.reconstruct(x * (1 - removed).to(x.dtype))
-        err = (pred.float() - x.float()) ** 2 * weight
-        loss = err.sum() / (weight.sum() * x.shape[1]).clamp_min(1)
+        loss = reconstruction_loss(pred, x, weight, self.cfg.get("norm_pix", 0))
         if self.discriminator is None:
             return loss, {}
         region = (weight > 0).to(pred.dtype)
@@ -202,9 +222,11 @@ class Inpaint(Method):
         gen = torch.Generator(device=x.device).manual_seed(0)
         removed, weight = self.masks(x, gen)
         x_in = x * (1 - removed)
-        pred = self.reconstruct(x_in)
+        norm_pix = self.cfg.get("norm_pix", 0)
+        pred = unnormalize_patches(self.reconstruct(x_in), x, norm_pix)
         region = (weight > 0).to(x.dtype)
         pasted = x * (1 - region) + pred * region
         rows = [[denormalize(a), denormalize(b), denormalize(c), denormalize(d)]
                 for a, b, c, d in zip(x, x_in, pasted, pred)]
-        save_grid(rows, path, col_titles=["image", "input", f"inpainted ep{epoch}", "prediction"])
+        save_grid(rows, path, col_titles=["image", "input", f"inpainted ep{epoch}",
+                                                "prediction" + (" (true patch stats)" if norm_pix else "")])

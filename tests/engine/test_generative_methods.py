@@ -57,6 +57,75 @@ def test_denoise_loss_is_mse_to_the_clean_view(tiny_data):
     assert torch.allclose(loss, ((recon - x) ** 2).mean(), rtol=1e-5)
 
 
+def _norm_pix_loss_by_hand(pred, x, weight, p):
+    """Patch by patch with loops: the target's P x P x C values standardized (unbiased var + 1e-6), the
+    squared error against the prediction's raw values averaged in the patch, weighted by the patch's mean
+    pixel weight."""
+    total, wsum = 0.0, 0.0
+    for b in range(x.shape[0]):
+        for i in range(0, x.shape[2], p):
+            for j in range(0, x.shape[3], p):
+                t = x[b, :, i:i + p, j:j + p].double()
+                t = (t - t.mean()) / (t.var() + 1e-6).sqrt()
+                w = 1.0 if weight is None else float(weight[b, 0, i:i + p, j:j + p].double().mean())
+                total += w * float(((pred[b, :, i:i + p, j:j + p].double() - t) ** 2).mean())
+                wsum += w
+    return total / wsum
+
+
+@pytest.mark.parametrize("use_weight", [False, True])
+def test_norm_pix_reconstruction_loss_matches_a_patch_loop(use_weight):
+    from fastssl.methods.generative import reconstruction_loss
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 12, 16, generator=g) * 3 + 1  # scale and offset the loss must remove
+    pred = torch.randn(2, 3, 12, 16, generator=g)
+    weight = None
+    if use_weight:
+        weight = torch.zeros(2, 1, 12, 16)
+        weight[:, :, 4:8, 4:12] = 1.0
+        weight[1, :, 0:2, 0:4] = 10.0  # a partly covered patch: its mean weight, 5
+    got = float(reconstruction_loss(pred, x, weight, 4))
+    want = _norm_pix_loss_by_hand(pred, x, weight, 4)
+    assert abs(got - want) <= 1e-5 * want, (got, want)
+    # brightness and contrast per patch do not count: an affine change of every patch leaves the loss
+    assert abs(float(reconstruction_loss(pred, 5 * x - 2, weight, 4)) - got) <= 1e-4 * got
+    # and without --norm-pix it is the plain (weighted) MSE
+    raw = float(reconstruction_loss(pred, x, weight, 0))
+    w = torch.ones(2, 1, 12, 16) if weight is None else weight
+    assert abs(raw - float(((pred - x) ** 2 * w).sum() / (w.sum() * 3))) <= 1e-5 * raw
+
+
+@pytest.mark.parametrize("method", ["denoise", "inpaint"])
+def test_norm_pix_flag_changes_the_target_and_keeps_the_gradient_path(method, tiny_data):
+    x = torch.randn(3, 3, 32, 32)
+    m = _method(method, tiny_data, "--norm-pix", "8")
+    torch.manual_seed(1)
+    loss, _ = m([x], None)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in m.backbone.parameters() if p.grad is not None]
+    assert grads and max(float(g.abs().max()) for g in grads) > 0
+    raw = _method(method, tiny_data, "--norm-pix", "0")
+    raw.load_state_dict(m.state_dict())
+    torch.manual_seed(1)
+    loss_raw, _ = raw([x], None)
+    assert abs(float(loss_raw) - float(loss)) > 1e-3  # a different target, not the same loss
+
+
+@pytest.mark.parametrize("method", ["denoise", "inpaint"])
+def test_input_norm_image_standardizes_each_image_inside_the_backbone(method, tiny_data):
+    from fastssl.models.inputs import StandardizedInput
+    m = _method(method, tiny_data, "--input-norm", "image")
+    assert isinstance(m.backbone, StandardizedInput)
+    assert not isinstance(_method(method, tiny_data).backbone, StandardizedInput)  # the flag's default: none
+    m.eval()
+    x = torch.randn(2, 3, 32, 32)
+    scale = torch.tensor([2.0, 0.5, 3.0]).view(1, 3, 1, 1)
+    # each image's per-channel brightness and contrast do not reach the encoder
+    a, b = m.backbone.forward_features(x), m.backbone.forward_features(x * scale + 1.5)
+    assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
+
+
 # ----------------------------------------------------------------------------- inpaint
 
 def test_center_mask_and_overlap_weights():
@@ -191,6 +260,11 @@ def test_colorize_targets_and_weights(tiny_data, fastssl_cache):
     (["--method", "inpaint", "--adv-weight", "1"], "--adv-weight"),
     (["--method", "inpaint", "--adv-weight", "-0.1"], "--adv-weight"),
     (["--method", "inpaint", "--disc-width", "0"], "--disc-width"),
+    (["--method", "denoise", "--norm-pix", "7"], "--norm-pix 7"),
+    (["--method", "denoise", "--norm-pix", "-1"], "--norm-pix"),
+    (["--method", "inpaint", "--norm-pix", "1"], "--norm-pix 1"),
+    (["--method", "inpaint", "--input-norm", "tiles"], "--input-norm"),
+    (["--method", "inpaint", "--norm-pix", "8", "--adv-weight", "0.001"], "--norm-pix with --adv-weight"),
     (["--method", "colorize", "--rebalance-lambda", "2"], "--rebalance-lambda"),
     (["--method", "colorize", "--anneal-t", "0"], "--anneal-t"),
     (["--method", "colorize", "--arch", "vit_small"], "--arch vit_small"),
@@ -209,7 +283,7 @@ def test_bad_flags_one_line_error(args, needle, tmp_path):
 @pytest.mark.parametrize("method", ["denoise", "inpaint", "colorize"])
 def test_tiny_end_to_end_run(method, tiny_data, tmp_path, fastssl_cache):
     out = tmp_path / "run"
-    extra = ["--mask", "random"] if method == "inpaint" else []
+    extra = {"inpaint": ["--mask", "random"], "denoise": ["--norm-pix", "8", "--input-norm", "image"]}.get(method, [])
     r = _run(_tiny(method, tiny_data, out, *extra))
     assert r.returncode == 0, r.stderr
     for name in ["config.json", "last.pt", "eval.json", "viz/epoch_000.png", "viz/epoch_002.png"]:
