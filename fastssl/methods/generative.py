@@ -54,9 +54,10 @@ def image_decoder(backbone: nn.Module, image_size: int, out_channels: int = 3, u
 
 def add_norm_pix_arg(group, default: int) -> None:
     """``--norm-pix P``: reconstruct per-patch normalized pixels of P x P patches (0: raw pixels)."""
-    group.add_argument("--norm-pix", type=ranged(int, 0, None), default=default,
-                       help="targets are per-patch normalized pixels of P x P patches, MAE's norm_pix_loss "
-                            "(0: the normalized view's raw values); P divides --image-size")
+    group.add_argument("--norm-pix", type=ranged(int, 0, None), default=default, metavar="P",
+                       help="targets are per-patch standardized pixels of P x P patches, MAE's norm_pix_loss "
+                            "(0: the normalized view's raw values); P >= 2 divides --image-size (inpaint: not with "
+                            "--adv-weight). mae's --norm-pix is an on/off switch instead")
 
 
 def check_norm_pix(cfg: dict) -> None:

@@ -223,10 +223,13 @@ class Inpaint(Method):
         removed, weight = self.masks(x, gen)
         x_in = x * (1 - removed)
         norm_pix = self.cfg.get("norm_pix", 0)
+        # --norm-pix predictions are per-patch standardized; shown with each patch's TRUE mean / std, which the
+        # network never sees (so the titles say so: the patch means alone already draw the shapes coarsely)
+        stats = " (true patch stats)" if norm_pix else ""
         pred = unnormalize_patches(self.reconstruct(x_in), x, norm_pix)
         region = (weight > 0).to(x.dtype)
         pasted = x * (1 - region) + pred * region
         rows = [[denormalize(a), denormalize(b), denormalize(c), denormalize(d)]
                 for a, b, c, d in zip(x, x_in, pasted, pred)]
-        save_grid(rows, path, col_titles=["image", "input", f"inpainted ep{epoch}",
-                                                "prediction" + (" (true patch stats)" if norm_pix else "")])
+        save_grid(rows, path, col_titles=["image", "input", f"inpainted ep{epoch}{stats}",
+                                                f"prediction{stats}"])
