@@ -151,6 +151,7 @@ class Inpaint(Method):
         self.bottleneck = ChannelwiseFC(self.backbone.feature_dim, h, h)
         self.decoder = image_decoder(self.backbone, s)
         self.adv_weight = cfg.get("adv_weight", 0.0)
+        self.norm_pix = cfg.get("norm_pix", 0)  # runs saved before --norm-pix reconstructed raw pixels
         self.discriminator = None
         if self.adv_weight > 0:
             self.discriminator = Discriminator(3, self._adv_size(s), cfg.get("disc_width", 32))
@@ -207,7 +208,7 @@ class Inpaint(Method):
         x = views[0]
         removed, weight = self.masks(x)
         pred = self.reconstruct(x * (1 - removed).to(x.dtype))
-        loss = reconstruction_loss(pred, x, weight, self.cfg.get("norm_pix", 0))
+        loss = reconstruction_loss(pred, x, weight, self.norm_pix)
         if self.discriminator is None:
             return loss, {}
         region = (weight > 0).to(pred.dtype)
@@ -222,7 +223,7 @@ class Inpaint(Method):
         gen = torch.Generator(device=x.device).manual_seed(0)
         removed, weight = self.masks(x, gen)
         x_in = x * (1 - removed)
-        norm_pix = self.cfg.get("norm_pix", 0)
+        norm_pix = self.norm_pix
         # --norm-pix predictions are per-patch standardized; shown with each patch's TRUE mean / std, which the
         # network never sees (so the titles say so: the patch means alone already draw the shapes coarsely)
         stats = " (true patch stats)" if norm_pix else ""
